@@ -1,0 +1,173 @@
+//! `caiman demo`: synthesise a movie with ground truth and run every stage that exists on it.
+//!
+//! Today's stages: synthesis (streamed to a u16 TIFF, as microscopes write), then conversion of that
+//! movie to every other format and a full read-back of each, checked bit for bit against the TIFF.
+//! Each later stage (motion correction, CNMF, …) adds itself here.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use caiman_io::synth::{truth_path, write_movie_to};
+use caiman_io::{FrameSource, OpenOptions, Order, Shape, TiffSample, WriteOptions, copy_frames, create, open};
+
+use crate::progress::Ui;
+use crate::synth::{params_from, parse_size};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Directory for the demo's files (kept). Default: a temporary directory, removed at the end.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Movie size `D1xD2xT`.
+    #[arg(long, value_parser = parse_size, default_value = "256x256x1000")]
+    size: (usize, usize, usize),
+    /// Random seed of the synthetic movie.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep the temporary directory (its path is printed).
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Row {
+    format: String,
+    path: PathBuf,
+    bytes: u64,
+    write_s: Option<f64>,
+    read_s: f64,
+    identical: bool,
+}
+
+/// Read a whole movie chunk by chunk, comparing with the reference frames.
+fn read_and_compare(path: &Path, reference: &mut dyn FrameSource) -> Result<bool> {
+    let mut src = open(path, &OpenOptions::default())?;
+    if src.info().shape != reference.info().shape {
+        return Ok(false);
+    }
+    let d = src.dims().pixels();
+    let chunk = (16 << 20) / (4 * d).max(1);
+    let chunk = chunk.clamp(1, src.frames());
+    let (mut a, mut b) = (vec![0f32; chunk * d], vec![0f32; chunk * d]);
+    let mut same = true;
+    let mut t = 0;
+    while t < src.frames() {
+        let n = chunk.min(src.frames() - t);
+        src.read_frames(t, &mut a[..n * d])?;
+        reference.read_frames(t, &mut b[..n * d])?;
+        same &= a[..n * d].iter().zip(&b[..n * d]).all(|(x, y)| x.to_bits() == y.to_bits());
+        t += n;
+    }
+    Ok(same)
+}
+
+pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
+    let tmp;
+    let dir: &Path = match &args.out {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("caiman-demo-").tempdir()?;
+            tmp.path()
+        }
+    };
+    // Keep the default neuron density (120 per 256×256) whatever the frame size.
+    let neurons = ((args.size.0 * args.size.1) as f64 * 120.0 / 65536.0).round().max(1.0) as usize;
+    let params = params_from(None, Some(args.size), Some(args.seed), Some(neurons))?;
+    let shape = params.shape();
+    let say = |s: String| {
+        if !ui.quiet() {
+            println!("{s}");
+        }
+    };
+    say(format!("caiman demo: synthetic {} movie, {} neurons, seed {}, in {}", shape, params.n_neurons, params.seed, dir.display()));
+
+    // 1. Synthesis, streamed to a u16 TIFF (the default movie is quantised to camera counts).
+    let started = Instant::now();
+    let bar = ui.frames_bar(shape.frames, "synth");
+    let tiff_opts = WriteOptions { tiff_sample: TiffSample::U16, fr: params.fr, ..Default::default() };
+    let (tiff, truth) = write_movie_to(&params, &dir.join("demo.tif"), &tiff_opts, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    truth.save(&truth_path(&tiff))?;
+    let synth_s = started.elapsed().as_secs_f64();
+    let max_shift = (0..shape.frames)
+        .map(|t| {
+            let s = truth.shift_to_apply(t);
+            s[0].abs().max(s[1].abs())
+        })
+        .fold(0.0, f64::max);
+    say(format!(
+        "synthesis: {:.1} s ({:.0} frames/s); {} neurons ({} centred in the field of view), max rigid shift {:.2} px; truth in {}",
+        synth_s,
+        shape.frames as f64 / synth_s,
+        truth.n_neurons(),
+        truth.in_fov.iter().filter(|&&b| b).count(),
+        max_shift,
+        truth_path(&tiff).display()
+    ));
+
+    // 2. Conversion to every format, read back and compared with the TIFF.
+    let mut reference = open(&tiff, &OpenOptions::default())?;
+    let mut rows = Vec::new();
+    let tiff_bytes = reference.info().file_bytes;
+    let t0 = Instant::now();
+    let identical = read_and_compare(&tiff, reference.as_mut())?;
+    rows.push(Row { format: "tiff u16".into(), path: tiff.clone(), bytes: tiff_bytes, write_s: None, read_s: t0.elapsed().as_secs_f64(), identical });
+    let targets = [
+        ("hdf5 deflate", "demo.h5", WriteOptions::default()),
+        ("npy", "demo.npy", WriteOptions::default()),
+        ("npz", "demo.npz", WriteOptions::default()),
+        ("mmap F", "demo_F.mmap", WriteOptions { order: Order::F, ..Default::default() }),
+        ("mmap C", "demo_C.mmap", WriteOptions { order: Order::C, ..Default::default() }),
+        ("tiff f32", "demo_f32.tif", WriteOptions::default()),
+    ];
+    for (label, name, opts) in targets {
+        let started = Instant::now();
+        let mut w = create(dir.join(name), Shape::new(shape.frames, shape.dims), &opts)?;
+        let bar = ui.frames_bar(shape.frames, label);
+        copy_frames(reference.as_mut(), 0..shape.frames, w.as_mut(), &mut |n| bar.set_position(n as u64))?;
+        let path = w.finish()?;
+        bar.finish_and_clear();
+        let write_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let identical = read_and_compare(&path, reference.as_mut())?;
+        let read_s = started.elapsed().as_secs_f64();
+        let bytes = std::fs::metadata(&path)?.len();
+        rows.push(Row { format: label.into(), path, bytes, write_s: Some(write_s), read_s, identical });
+    }
+    say(format!("\n{:<13} {:>9} {:>10} {:>10} {:>9}  file", "format", "MB", "write MB/s", "read MB/s", "identical"));
+    let raw_mb = (shape.len() * 4) as f64 / 1e6;
+    for r in &rows {
+        say(format!(
+            "{:<13} {:>9.1} {:>10} {:>10.0} {:>9}  {}",
+            r.format,
+            r.bytes as f64 / 1e6,
+            r.write_s.map_or("(synth)".to_string(), |s| format!("{:.0}", raw_mb / s)),
+            raw_mb / r.read_s,
+            if r.identical { "yes" } else { "NO" },
+            r.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+    }
+    say("(MB/s counts the movie as float32, frames × pixels × 4 bytes.)".into());
+    if args.keep && args.out.is_none() {
+        let kept = tmp_keep(dir)?;
+        say(format!("kept {}", kept.display()));
+    }
+    if rows.iter().any(|r| !r.identical) {
+        bail!("some formats did not read back identically (see the table)");
+    }
+    Ok(())
+}
+
+/// Move the demo files out of the temporary directory (which is removed on return).
+fn tmp_keep(dir: &Path) -> Result<PathBuf> {
+    let dest = std::env::temp_dir().join(format!("caiman-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dest)?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        std::fs::rename(e.path(), dest.join(e.file_name()))?;
+    }
+    Ok(dest)
+}

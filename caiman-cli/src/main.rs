@@ -1,0 +1,83 @@
+//! `caiman`: the command-line face of caiman-rs.
+//!
+//! Subcommands: `info` (what a movie file holds), `convert` (any format to any format, streamed),
+//! `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
+//! exists, on a synthetic movie). This crate is glue: parsing flags, progress bars, printing
+//! results. The work happens in the library crates.
+// A command-line tool's job is to print.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod convert;
+mod demo;
+mod info;
+mod progress;
+mod synth;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// CaImAn's calcium-imaging pipeline, in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "caiman", version, about, long_about = None)]
+struct Cli {
+    /// No progress bars and no log output below warnings.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show format, dimensions, frames, dtype and size of movie files, without reading pixels.
+    Info(info::Args),
+    /// Convert a movie between formats (TIFF, HDF5, NPY, NPZ, CaImAn .mmap), streaming.
+    Convert(convert::Args),
+    /// Write a synthetic two-photon movie and its ground truth.
+    Synth(synth::Args),
+    /// Run the whole available pipeline on a synthetic movie and report against ground truth.
+    Demo(demo::Args),
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    let ui = progress::Ui::new(cli.quiet);
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Convert(a) => convert::run(a, &ui),
+        Command::Synth(a) => synth::run(a, &ui),
+        Command::Demo(a) => demo::run(a, &ui),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line: the outermost context, then its causes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! CaImAn's `.mmap` format: headerless little-endian f32 `Yr` (pixels × time, pixels in Fortran
+//! order) whose shape and byte order are encoded in the file name.
+//!
+//! * [`MmapName`] encodes and decodes names exactly as CaImAn's `memmap_frames_filename` and
+//!   `decode_mmap_filename_dict` do (directory ignored, the *first* occurrence of each key after
+//!   the first `_`-separated token wins — verified against CaImAn 1.12.1, whatever its docs say —
+//!   a trailing `_` is legal, a trailing number is the frame count `T`).
+//! * [`MmapSource`] reads frames from a memory map (order `F`: one contiguous block per frame;
+//!   order `C`: one contiguous run per pixel) and exposes the whole `Yr` as a zero-copy view.
+//! * [`MmapWriter`] streams frames into a new file; [`PendingMmap`] + [`MmapRegionWriter`] let
+//!   several workers (threads or processes) fill disjoint frame ranges (order F) or pixel ranges
+//!   (order C) of one pre-sized file, which is renamed into place once complete.
+//!
+//! Deliberate deviation from CaImAn: its single-file `save_memmap(..., order='F')` writes C-ordered
+//! bytes under an `order_F` name (and then misreads its own file). Every writer here writes the
+//! byte order its name states. A reader, like CaImAn's, trusts the name: such a mislabelled
+//! CaImAn file reads with pixels and frames scrambled.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::movie::{DType, Dims, Shape};
+use crate::raw::{Bytes, Layout, RawMovie, c_to_f, map_file};
+use crate::source::{FrameSource, Format, SourceInfo, check_request};
+use crate::write::{AtomicFile, FrameCounter, MovieWriter, Order};
+
+/// The fields CaImAn encodes in a memmap file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmapName {
+    /// Frame size.
+    pub dims: Dims,
+    /// Byte order of `Yr`.
+    pub order: Order,
+    /// Frames (the value of the `frames` key).
+    pub frames: usize,
+    /// Frames according to the trailing token (equals `frames` unless the name carries a
+    /// different trailing number, which CaImAn then uses).
+    pub t: usize,
+}
+
+impl MmapName {
+    /// Decode a file name (any directory part is ignored; the extension is stripped).
+    pub fn decode(path: &Path) -> Result<MmapName> {
+        let bad = |m: String| Error::malformed(path, "CaImAn memmap name", m);
+        let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = match stem.rfind('.') {
+            Some(i) if i > 0 => stem[..i].to_string(),
+            _ => stem,
+        };
+        let tokens: Vec<&str> = stem.split('_').skip(1).collect();
+        let value = |key: &str| -> Option<&str> {
+            let pos = tokens.iter().position(|t| *t == key)?;
+            tokens.get(pos + 1).copied()
+        };
+        let num = |key: &str| -> Result<usize> {
+            let v = value(key).ok_or_else(|| bad(format!("no `{key}_<n>` field")))?;
+            v.parse().map_err(|_| bad(format!("`{key}` value {v:?} is not a number")))
+        };
+        let d1 = num("d1")?;
+        let d2 = num("d2")?;
+        let d3 = num("d3")?;
+        let frames = num("frames")?;
+        let order = match value("order") {
+            Some("C") => Order::C,
+            Some("F") => Order::F,
+            Some(o) => return Err(bad(format!("order {o:?} is neither C nor F"))),
+            None => return Err(bad("no `order_<C|F>` field".into())),
+        };
+        let last = tokens.last().copied().unwrap_or("");
+        let t = if last.is_empty() {
+            frames
+        } else {
+            last.parse().map_err(|_| bad(format!("trailing token {last:?} is not a frame count")))?
+        };
+        if t != frames {
+            tracing::warn!(path = %path.display(), frames, t, "memmap name: trailing T differs from `frames`; using T");
+        }
+        Ok(MmapName { dims: Dims::volume(d1, d2, d3), order, frames, t })
+    }
+
+    /// CaImAn's `memmap_frames_filename(base, dims, T, order)`:
+    /// `<base>_d1_<d1>_d2_<d2>_d3_<d3>_order_<o>_frames_<T>.mmap`.
+    pub fn file_name(base: &str, dims: Dims, frames: usize, order: Order) -> String {
+        format!("{base}_d1_{}_d2_{}_d3_{}_order_{order}_frames_{frames}.mmap", dims.d1, dims.d2, dims.d3)
+    }
+
+    /// The path a movie of `shape` and `order` written to `path` gets: `path` itself if its name
+    /// already encodes exactly that, otherwise CaImAn's name built from its stem.
+    pub fn path_for(path: &Path, shape: Shape, order: Order) -> PathBuf {
+        if let Ok(n) = MmapName::decode(path)
+            && n.dims == shape.dims
+            && n.t == shape.frames
+            && n.order == order
+            && path.extension().is_some_and(|e| e == "mmap")
+        {
+            return path.to_path_buf();
+        }
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Yr".into());
+        path.with_file_name(Self::file_name(&stem, shape.dims, shape.frames, order))
+    }
+
+    /// Frames and frame size.
+    pub fn shape(&self) -> Shape {
+        Shape::new(self.t, self.dims)
+    }
+}
+
+/// Memory-mapped reader of a CaImAn `.mmap` file.
+#[derive(Debug)]
+pub struct MmapSource {
+    raw: RawMovie,
+    info: SourceInfo,
+    order: Order,
+}
+
+impl MmapSource {
+    /// Open `path`, taking shape and order from its name and checking the file size against them.
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = MmapName::decode(path)?;
+        let shape = name.shape();
+        let map = map_file(path)?;
+        let file_bytes = map.len() as u64;
+        let expect = shape.len() as u64 * 4;
+        if file_bytes != expect {
+            return Err(Error::malformed(
+                path,
+                "CaImAn memmap",
+                format!("file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"),
+            ));
+        }
+        let layout = match name.order {
+            Order::C => Layout::PixelMajorF,
+            Order::F => Layout::FramesF,
+        };
+        let raw = RawMovie::new(path, "CaImAn memmap", Bytes::Mapped(map), 0, shape, DType::F32, true, layout)?;
+        let info = SourceInfo {
+            path: path.to_path_buf(),
+            format: Format::Mmap,
+            shape,
+            dtype: DType::F32,
+            file_bytes,
+            fr: None,
+            detail: format!("order {}", name.order),
+        };
+        Ok(MmapSource { raw, info, order: name.order })
+    }
+
+    /// Byte order of the file.
+    pub fn order(&self) -> Order {
+        self.order
+    }
+
+    /// The whole `Yr` (pixels × frames) as a zero-copy view: standard layout for order C,
+    /// column-major for order F.
+    pub fn yr(&self) -> ndarray::ArrayView2<'_, f32> {
+        let s = self.info.shape;
+        let vals = self.raw.f32_values();
+        let (d, t) = (s.dims.pixels(), s.frames);
+        match self.order {
+            Order::C => ndarray::ArrayView2::from_shape((d, t), vals),
+            Order::F => ndarray::ArrayView2::from_shape(ndarray::ShapeBuilder::f((d, t)), vals),
+        }
+        .expect("size checked at open")
+    }
+}
+
+impl FrameSource for MmapSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn read_frames(&mut self, start: usize, buf: &mut [f32]) -> Result<()> {
+        check_request(&self.info, start, 1, buf.len())?;
+        self.raw.read_frames(start, buf);
+        Ok(())
+    }
+}
+
+/// A pre-sized `.mmap` file under construction (a hidden temporary name in the destination
+/// directory), filled by one or more [`MmapRegionWriter`]s and renamed into place by
+/// [`PendingMmap::commit`]. Dropped without commit, the temporary file is removed.
+#[derive(Debug)]
+pub struct PendingMmap {
+    file: AtomicFile,
+    shape: Shape,
+    order: Order,
+}
+
+impl PendingMmap {
+    /// Create the temporary file for a movie of `shape` in `order`; the final name is CaImAn's
+    /// (see [`MmapName::path_for`]).
+    pub fn create(path: &Path, shape: Shape, order: Order) -> Result<Self> {
+        if shape.is_empty() {
+            return Err(Error::Empty { path: path.to_path_buf() });
+        }
+        let file = AtomicFile::new(&MmapName::path_for(path, shape, order))?;
+        let f = file.create_file()?;
+        f.set_len(shape.len() as u64 * 4).at(file.tmp_path())?;
+        Ok(PendingMmap { file, shape, order })
+    }
+
+    /// The temporary path, which workers open with [`MmapRegionWriter::open`].
+    pub fn tmp_path(&self) -> &Path {
+        self.file.tmp_path()
+    }
+
+    /// The final path.
+    pub fn dest(&self) -> &Path {
+        self.file.dest()
+    }
+
+    /// Shape of the movie.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Byte order.
+    pub fn order(&self) -> Order {
+        self.order
+    }
+
+    /// A writer over the whole file, for use in this process.
+    pub fn region_writer(&self) -> Result<MmapRegionWriter> {
+        MmapRegionWriter::open(self.tmp_path(), self.shape, self.order)
+    }
+
+    /// Flush to disk and rename to the final name.
+    pub fn commit(self) -> Result<PathBuf> {
+        let f = std::fs::File::options().write(true).open(self.tmp_path()).at(self.tmp_path())?;
+        f.sync_data().at(self.tmp_path())?;
+        self.file.commit()
+    }
+}
+
+/// Writes regions of a pre-sized `.mmap` file through a shared writable memory map. Several
+/// writers (in threads or processes) may fill disjoint regions of the same file.
+#[derive(Debug)]
+pub struct MmapRegionWriter {
+    path: PathBuf,
+    map: memmap2::MmapMut,
+    shape: Shape,
+    order: Order,
+    scratch: Vec<f32>,
+}
+
+impl MmapRegionWriter {
+    /// Open an existing pre-sized file (usually [`PendingMmap::tmp_path`]).
+    pub fn open(path: &Path, shape: Shape, order: Order) -> Result<Self> {
+        let f = std::fs::File::options().read(true).write(true).open(path).at(path)?;
+        let len = f.metadata().at(path)?.len();
+        if len != shape.len() as u64 * 4 {
+            return Err(Error::malformed(path, "CaImAn memmap", format!("file holds {len} bytes, expected {} for {shape}", shape.len() * 4)));
+        }
+        // SAFETY: the file is private to this pipeline run (a hidden temporary name); writers
+        // touch disjoint regions, so no two mappings write the same bytes.
+        let map = unsafe { memmap2::MmapOptions::new().map_mut(&f) }.at(path)?;
+        Ok(MmapRegionWriter { path: path.to_path_buf(), map, shape, order, scratch: Vec::new() })
+    }
+
+    fn put(&mut self, idx: usize, v: f32) {
+        self.map[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Write whole frames (C-ordered, as a [`crate::FrameSource`] delivers them) starting at
+    /// frame `start`. Contiguous for order F; a strided scatter for order C.
+    pub fn write_frames(&mut self, start: usize, frames: &[f32]) -> Result<()> {
+        let dims = self.shape.dims;
+        let d = dims.pixels();
+        if frames.len() % d != 0 || start + frames.len() / d > self.shape.frames {
+            return Err(Error::invalid(&self.path, format!("frames {start}+{} do not fit {}", frames.len() / d.max(1), self.shape)));
+        }
+        let t_len = self.shape.frames;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(d, 0.0);
+        for (f, frame) in frames.chunks_exact(d).enumerate() {
+            c_to_f(dims, frame, &mut scratch);
+            let t = start + f;
+            match self.order {
+                Order::F => {
+                    let out = &mut self.map[t * d * 4..(t + 1) * d * 4];
+                    for (o, v) in out.chunks_exact_mut(4).zip(&scratch) {
+                        o.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                Order::C => {
+                    for (p, &v) in scratch.iter().enumerate() {
+                        self.put(p * t_len + t, v);
+                    }
+                }
+            }
+        }
+        self.scratch = scratch;
+        Ok(())
+    }
+
+    /// Write complete time series of pixels `start_pixel..` (Fortran pixel index): `rows` holds
+    /// `k × T` values, pixel after pixel. Contiguous for order C; a strided scatter for order F.
+    pub fn write_pixels(&mut self, start_pixel: usize, rows: &[f32]) -> Result<()> {
+        let t_len = self.shape.frames;
+        let d = self.shape.dims.pixels();
+        if rows.len() % t_len != 0 || start_pixel + rows.len() / t_len > d {
+            return Err(Error::invalid(&self.path, format!("pixel rows {start_pixel}+{} do not fit {}", rows.len() / t_len, self.shape)));
+        }
+        for (k, row) in rows.chunks_exact(t_len).enumerate() {
+            let p = start_pixel + k;
+            match self.order {
+                Order::C => {
+                    let out = &mut self.map[p * t_len * 4..(p + 1) * t_len * 4];
+                    for (o, v) in out.chunks_exact_mut(4).zip(row) {
+                        o.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                Order::F => {
+                    for (t, &v) in row.iter().enumerate() {
+                        self.put(t * d + p, v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush written pages to the file.
+    pub fn flush(&self) -> Result<()> {
+        self.map.flush().at(&self.path)
+    }
+}
+
+/// Streaming `.mmap` writer (one process). Order F appends frames sequentially; order C buffers
+/// blocks of frames and writes each pixel's run of the block contiguously.
+pub struct MmapWriter {
+    pending: PendingMmap,
+    region: MmapRegionWriter,
+    count: FrameCounter,
+    block: Vec<f32>,
+    block_start: usize,
+    block_frames: usize,
+}
+
+/// Bytes of frames buffered by an order-C [`MmapWriter`] before they are scattered.
+const C_BLOCK_BYTES: usize = 64 << 20;
+
+impl MmapWriter {
+    /// Create a writer; the final name is CaImAn's (see [`MmapName::path_for`]).
+    pub fn create(path: &Path, shape: Shape, order: Order) -> Result<Self> {
+        let pending = PendingMmap::create(path, shape, order)?;
+        let region = pending.region_writer()?;
+        let d = shape.dims.pixels();
+        let block_frames = match order {
+            Order::F => 0,
+            Order::C => (C_BLOCK_BYTES / (4 * d)).clamp(1, shape.frames),
+        };
+        Ok(MmapWriter { pending, region, count: FrameCounter::new(shape), block: Vec::new(), block_start: 0, block_frames })
+    }
+
+    fn flush_block(&mut self) {
+        let dims = self.count.shape.dims;
+        let d = dims.pixels();
+        let n = self.block.len() / d;
+        if n == 0 {
+            return;
+        }
+        let t_len = self.count.shape.frames;
+        let t0 = self.block_start;
+        let mut c = 0;
+        for i in 0..dims.d1 {
+            for j in 0..dims.d2 {
+                for k in 0..dims.d3 {
+                    let p = dims.f_index(i, j, k);
+                    let out = &mut self.region.map[(p * t_len + t0) * 4..(p * t_len + t0 + n) * 4];
+                    for (f, o) in out.chunks_exact_mut(4).enumerate() {
+                        o.copy_from_slice(&self.block[f * d + c].to_le_bytes());
+                    }
+                    c += 1;
+                }
+            }
+        }
+        self.block_start += n;
+        self.block.clear();
+    }
+}
+
+impl MovieWriter for MmapWriter {
+    fn shape(&self) -> Shape {
+        self.count.shape
+    }
+
+    fn write_frames(&mut self, frames: &[f32]) -> Result<()> {
+        let start = self.count.written;
+        self.count.take(self.pending.dest(), frames.len())?;
+        match self.pending.order {
+            Order::F => self.region.write_frames(start, frames),
+            Order::C => {
+                let d = self.count.shape.dims.pixels();
+                for frame in frames.chunks_exact(d) {
+                    self.block.extend_from_slice(frame);
+                    if self.block.len() >= self.block_frames * d {
+                        self.flush_block();
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<PathBuf> {
+        let mut me = *self;
+        me.count.check_complete(me.pending.dest())?;
+        me.flush_block();
+        me.region.flush()?;
+        drop(me.region);
+        me.pending.commit()
+    }
+}

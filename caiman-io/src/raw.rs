@@ -1,0 +1,190 @@
+//! Raw, headerless movie layouts shared by `.npy`, `.npz` and `.mmap` readers.
+//!
+//! Three byte layouts cover every uncompressed array CaImAn writes:
+//! * [`Layout::FramesC`] — frame after frame, each frame C-ordered (numpy C-order `T×d1×d2`);
+//! * [`Layout::FramesF`] — frame after frame, each frame in Fortran pixel order (`Yr` stored
+//!   column-major, CaImAn's `order='F'` memmap);
+//! * [`Layout::PixelMajorF`] — pixel after pixel, each pixel's time series contiguous, pixels in
+//!   Fortran order (`Yr` stored row-major, CaImAn's `order='C'` memmap, and numpy F-order `T×d1×d2`).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::movie::{DType, Dims, Shape, decode_into_f32};
+
+/// How values are laid out after the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    FramesC,
+    FramesF,
+    PixelMajorF,
+}
+
+/// Where the bytes live.
+#[derive(Debug)]
+pub(crate) enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// Map a file read-only.
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only; like every memory-mapped reader (numpy, CaImAn) we rely on
+    // the file not being truncated by another process while it is mapped.
+    unsafe { memmap2::MmapOptions::new().map(&f) }.map_err(|e| Error::io(path, e))
+}
+
+/// A movie stored raw at `offset` in `bytes`.
+#[derive(Debug)]
+pub(crate) struct RawMovie {
+    bytes: Bytes,
+    offset: usize,
+    pub(crate) shape: Shape,
+    pub(crate) dtype: DType,
+    little_endian: bool,
+    pub(crate) layout: Layout,
+    scratch: Vec<f32>,
+}
+
+impl RawMovie {
+    /// Wrap `bytes`, checking that they hold exactly (or at least, if `allow_trailing`) the data.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        path: &Path,
+        format: &'static str,
+        bytes: Bytes,
+        offset: usize,
+        shape: Shape,
+        dtype: DType,
+        little_endian: bool,
+        layout: Layout,
+    ) -> Result<Self> {
+        let need = (shape.len() as u128) * dtype.size() as u128 + offset as u128;
+        let have = bytes.as_slice().len() as u128;
+        if have != need {
+            return Err(Error::malformed(
+                path,
+                format,
+                format!(
+                    "header promises {} values of {dtype} ({} bytes after a {offset}-byte header) but the data holds {} bytes",
+                    shape.len(),
+                    need - offset as u128,
+                    have.saturating_sub(offset as u128)
+                ),
+            ));
+        }
+        Ok(RawMovie { bytes, offset, shape, dtype, little_endian, layout, scratch: Vec::new() })
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.bytes.as_slice()[self.offset..]
+    }
+
+    /// Read `buf.len() / d` frames from `start` (range already validated by the caller).
+    pub(crate) fn read_frames(&mut self, start: usize, buf: &mut [f32]) {
+        let dims = self.shape.dims;
+        let d = dims.pixels();
+        let n = buf.len() / d;
+        let es = self.dtype.size();
+        match self.layout {
+            Layout::FramesC => {
+                let raw = &self.data()[start * d * es..(start + n) * d * es];
+                decode_into_f32(self.dtype, self.little_endian, raw, buf);
+            }
+            Layout::FramesF => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.resize(d, 0.0);
+                for (f, frame) in buf.chunks_exact_mut(d).enumerate() {
+                    let t = start + f;
+                    let raw = &self.data()[t * d * es..(t + 1) * d * es];
+                    decode_into_f32(self.dtype, self.little_endian, raw, &mut scratch);
+                    f_to_c(dims, &scratch, frame);
+                }
+                self.scratch = scratch;
+            }
+            Layout::PixelMajorF => {
+                let t_len = self.shape.frames;
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.resize(n, 0.0);
+                let mut c = 0;
+                for i in 0..dims.d1 {
+                    for j in 0..dims.d2 {
+                        for k in 0..dims.d3 {
+                            let p = dims.f_index(i, j, k);
+                            let from = (p * t_len + start) * es;
+                            decode_into_f32(self.dtype, self.little_endian, &self.data()[from..from + n * es], &mut scratch);
+                            for (f, &v) in scratch.iter().enumerate() {
+                                buf[f * d + c] = v;
+                            }
+                            c += 1;
+                        }
+                    }
+                }
+                self.scratch = scratch;
+            }
+        }
+    }
+}
+
+/// Reorder one frame from Fortran pixel order to C order (blocked transpose for planar frames).
+pub(crate) fn f_to_c(dims: Dims, f: &[f32], c: &mut [f32]) {
+    if dims.d3 == 1 {
+        const B: usize = 32;
+        let (d1, d2) = (dims.d1, dims.d2);
+        for i0 in (0..d1).step_by(B) {
+            for j0 in (0..d2).step_by(B) {
+                for i in i0..(i0 + B).min(d1) {
+                    for j in j0..(j0 + B).min(d2) {
+                        c[i * d2 + j] = f[i + d1 * j];
+                    }
+                }
+            }
+        }
+    } else {
+        crate::movie::frame_f_to_c(dims, |p| f[p], c);
+    }
+}
+
+/// Reorder one frame from C order to Fortran pixel order.
+pub(crate) fn c_to_f(dims: Dims, c: &[f32], f: &mut [f32]) {
+    if dims.d3 == 1 {
+        const B: usize = 32;
+        let (d1, d2) = (dims.d1, dims.d2);
+        for i0 in (0..d1).step_by(B) {
+            for j0 in (0..d2).step_by(B) {
+                for i in i0..(i0 + B).min(d1) {
+                    for j in j0..(j0 + B).min(d2) {
+                        f[i + d1 * j] = c[i * d2 + j];
+                    }
+                }
+            }
+        }
+    } else {
+        crate::movie::frame_c_to_f(dims, c, |p, v| f[p] = v);
+    }
+}
+
+impl RawMovie {
+    /// All values as f32 (little-endian f32 data only; used for zero-copy `Yr` views).
+    ///
+    /// # Panics
+    /// If the data is not little-endian f32 or not 4-byte aligned.
+    pub(crate) fn f32_values(&self) -> &[f32] {
+        assert!(self.dtype == DType::F32 && self.little_endian && cfg!(target_endian = "little"));
+        let data = self.data();
+        // SAFETY: any 4 bytes are a valid f32; `align_to` only yields the aligned middle part.
+        let (head, vals, tail) = unsafe { data.align_to::<f32>() };
+        assert!(head.is_empty() && tail.is_empty(), "f32 data is not 4-byte aligned");
+        vals
+    }
+}
