@@ -4,17 +4,18 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use caiman_io::{Order, Shape, TiffSample, WriteOptions, copy_frames, create, open};
+use caiman_io::{ChainSource, FrameSource, Order, Shape, TiffSample, WriteOptions, copy_frames, create, open};
 
 use crate::progress::Ui;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Input movie (.tif/.tiff/.btf, .h5/.hdf5/.nwb/.mat, .npy, .npz, .mmap).
-    input: PathBuf,
-    /// Output movie; the format follows the extension. A `.mmap` output gets CaImAn's name
+    /// Input movie(s) then the output movie. Several inputs are chained in order into one movie
+    /// (they must share a frame size). Inputs: .tif/.tiff/.btf, .h5/.hdf5/.nwb/.mat, .npy, .npz,
+    /// .mmap. The output format follows its extension; a `.mmap` output gets CaImAn's name
     /// encoding its shape and order (e.g. `out_d1_512_d2_512_d3_1_order_C_frames_2000.mmap`).
-    output: PathBuf,
+    #[arg(required = true, num_args = 2.., value_names = ["IN", "OUT"])]
+    paths: Vec<PathBuf>,
     /// Frames to convert, `A..B` (B exclusive), `A..` or `..B`.
     #[arg(long, value_parser = parse_range)]
     frames: Option<(Option<usize>, Option<usize>)>,
@@ -63,12 +64,18 @@ pub(crate) fn parse_dims(s: &str) -> std::result::Result<caiman_io::Dims, String
 
 pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let open_opts = caiman_io::OpenOptions { dataset: args.dataset.clone(), npy_dims: args.npy_dims, ..Default::default() };
-    let mut src = open(&args.input, &open_opts)?;
+    let (output, inputs) = args.paths.split_last().expect("clap requires two paths");
+    let input = &inputs[0];
+    let mut src: Box<dyn FrameSource> = if inputs.len() == 1 {
+        open(input, &open_opts)?
+    } else {
+        Box::new(ChainSource::open(inputs, &open_opts)?)
+    };
     let total = src.frames();
     let (a, b) = args.frames.unwrap_or((None, None));
     let range: Range<usize> = a.unwrap_or(0)..b.unwrap_or(total);
     if range.start >= range.end || range.end > total {
-        bail!("{}: frame range {}..{} is empty or outside the movie's {total} frames", args.input.display(), range.start, range.end);
+        bail!("{}: frame range {}..{} is empty or outside the movie's {total} frames", input.display(), range.start, range.end);
     }
     let wopts = WriteOptions {
         dataset: args.dataset.unwrap_or_else(|| "mov".into()),
@@ -82,10 +89,10 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         fr: src.info().fr.unwrap_or(30.0),
     };
     let shape = Shape::new(range.len(), src.dims());
-    let mut dst = create(&args.output, shape, &wopts)?;
+    let mut dst = create(output, shape, &wopts)?;
     let bar = ui.frames_bar(range.len(), "convert");
     copy_frames(src.as_mut(), range.clone(), dst.as_mut(), &mut |n| bar.set_position(n as u64))
-        .with_context(|| format!("converting {} to {}", args.input.display(), args.output.display()))?;
+        .with_context(|| format!("converting {} to {}", input.display(), output.display()))?;
     let out = dst.finish()?;
     bar.finish_and_clear();
     tracing::info!(frames = range.len(), "wrote {}", out.display());

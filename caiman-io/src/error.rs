@@ -42,7 +42,9 @@ pub enum Error {
         msg: String,
     },
     /// The extension does not name a known movie format.
-    #[error("{path}: unknown movie format (extension {ext:?}); known: .tif .tiff .btf .h5 .hdf5 .nwb .mat .npy .npz .mmap")]
+    #[error(
+        "{path}: unknown movie format (extension {ext:?}); known: .tif .tiff .btf .h5 .hdf5 .nwb .mat .npy .npz .mmap"
+    )]
     UnknownFormat {
         /// The file.
         path: PathBuf,

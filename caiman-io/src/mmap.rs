@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 use crate::movie::{DType, Dims, Shape};
 use crate::raw::{Bytes, Layout, RawMovie, c_to_f, map_file};
-use crate::source::{FrameSource, Format, SourceInfo, check_request};
+use crate::source::{Format, FrameSource, SourceInfo, check_request};
 use crate::write::{AtomicFile, FrameCounter, MovieWriter, Order};
 
 /// The fields CaImAn encodes in a memmap file name.
@@ -70,7 +70,8 @@ impl MmapName {
         let t = if last.is_empty() {
             frames
         } else {
-            last.parse().map_err(|_| bad(format!("trailing token {last:?} is not a frame count")))?
+            last.parse()
+                .map_err(|_| bad(format!("trailing token {last:?} is not a frame count")))?
         };
         if t != frames {
             tracing::warn!(path = %path.display(), frames, t, "memmap name: trailing T differs from `frames`; using T");
@@ -81,7 +82,10 @@ impl MmapName {
     /// CaImAn's `memmap_frames_filename(base, dims, T, order)`:
     /// `<base>_d1_<d1>_d2_<d2>_d3_<d3>_order_<o>_frames_<T>.mmap`.
     pub fn file_name(base: &str, dims: Dims, frames: usize, order: Order) -> String {
-        format!("{base}_d1_{}_d2_{}_d3_{}_order_{order}_frames_{frames}.mmap", dims.d1, dims.d2, dims.d3)
+        format!(
+            "{base}_d1_{}_d2_{}_d3_{}_order_{order}_frames_{frames}.mmap",
+            dims.d1, dims.d2, dims.d3
+        )
     }
 
     /// The path a movie of `shape` and `order` written to `path` gets: `path` itself if its name
@@ -95,7 +99,10 @@ impl MmapName {
         {
             return path.to_path_buf();
         }
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Yr".into());
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Yr".into());
         path.with_file_name(Self::file_name(&stem, shape.dims, shape.frames, order))
     }
 
@@ -125,14 +132,25 @@ impl MmapSource {
             return Err(Error::malformed(
                 path,
                 "CaImAn memmap",
-                format!("file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"),
+                format!(
+                    "file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"
+                ),
             ));
         }
         let layout = match name.order {
             Order::C => Layout::PixelMajorF,
             Order::F => Layout::FramesF,
         };
-        let raw = RawMovie::new(path, "CaImAn memmap", Bytes::Mapped(map), 0, shape, DType::F32, true, layout)?;
+        let raw = RawMovie::new(
+            path,
+            "CaImAn memmap",
+            Bytes::Mapped(map),
+            0,
+            shape,
+            DType::F32,
+            true,
+            layout,
+        )?;
         let info = SourceInfo {
             path: path.to_path_buf(),
             format: Format::Mmap,
@@ -249,7 +267,11 @@ impl MmapRegionWriter {
         let f = std::fs::File::options().read(true).write(true).open(path).at(path)?;
         let len = f.metadata().at(path)?.len();
         if len != shape.len() as u64 * 4 {
-            return Err(Error::malformed(path, "CaImAn memmap", format!("file holds {len} bytes, expected {} for {shape}", shape.len() * 4)));
+            return Err(Error::malformed(
+                path,
+                "CaImAn memmap",
+                format!("file holds {len} bytes, expected {} for {shape}", shape.len() * 4),
+            ));
         }
         // SAFETY: the file is private to this pipeline run (a hidden temporary name); writers
         // touch disjoint regions, so no two mappings write the same bytes.
@@ -267,7 +289,10 @@ impl MmapRegionWriter {
         let dims = self.shape.dims;
         let d = dims.pixels();
         if frames.len() % d != 0 || start + frames.len() / d > self.shape.frames {
-            return Err(Error::invalid(&self.path, format!("frames {start}+{} do not fit {}", frames.len() / d.max(1), self.shape)));
+            return Err(Error::invalid(
+                &self.path,
+                format!("frames {start}+{} do not fit {}", frames.len() / d.max(1), self.shape),
+            ));
         }
         let t_len = self.shape.frames;
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -299,7 +324,14 @@ impl MmapRegionWriter {
         let t_len = self.shape.frames;
         let d = self.shape.dims.pixels();
         if rows.len() % t_len != 0 || start_pixel + rows.len() / t_len > d {
-            return Err(Error::invalid(&self.path, format!("pixel rows {start_pixel}+{} do not fit {}", rows.len() / t_len, self.shape)));
+            return Err(Error::invalid(
+                &self.path,
+                format!(
+                    "pixel rows {start_pixel}+{} do not fit {}",
+                    rows.len() / t_len,
+                    self.shape
+                ),
+            ));
         }
         for (k, row) in rows.chunks_exact(t_len).enumerate() {
             let p = start_pixel + k;
@@ -350,7 +382,14 @@ impl MmapWriter {
             Order::F => 0,
             Order::C => (C_BLOCK_BYTES / (4 * d)).clamp(1, shape.frames),
         };
-        Ok(MmapWriter { pending, region, count: FrameCounter::new(shape), block: Vec::new(), block_start: 0, block_frames })
+        Ok(MmapWriter {
+            pending,
+            region,
+            count: FrameCounter::new(shape),
+            block: Vec::new(),
+            block_start: 0,
+            block_frames,
+        })
     }
 
     fn flush_block(&mut self) {

@@ -57,7 +57,11 @@ impl Dims {
 
 impl std::fmt::Display for Dims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.d3 == 1 { write!(f, "{}×{}", self.d1, self.d2) } else { write!(f, "{}×{}×{}", self.d1, self.d2, self.d3) }
+        if self.d3 == 1 {
+            write!(f, "{}×{}", self.d1, self.d2)
+        } else {
+            write!(f, "{}×{}×{}", self.d1, self.d2, self.d3)
+        }
     }
 }
 
@@ -124,12 +128,16 @@ impl Movie {
     /// A movie of zeros.
     pub fn zeros(shape: Shape) -> Self {
         let Shape { frames, dims } = shape;
-        Movie { data: Array4::zeros((frames, dims.d1, dims.d2, dims.d3)), meta: MovieMeta::default() }
+        Movie {
+            data: Array4::zeros((frames, dims.d1, dims.d2, dims.d3)),
+            meta: MovieMeta::default(),
+        }
     }
 
     /// Wrap a `T × d1 × d2 × d3` array (converted to standard C layout if it is not).
     pub fn from_array4(data: Array4<f32>) -> Self {
-        let data = if data.is_standard_layout() { data } else { data.as_standard_layout().into_owned() };
+        let data =
+            if data.is_standard_layout() { data } else { data.as_standard_layout().into_owned() };
         Movie { data, meta: MovieMeta::default() }
     }
 
@@ -237,7 +245,13 @@ impl Movie {
     /// If `yr.nrows() != dims.pixels()`.
     #[track_caller]
     pub fn from_yr(yr: ArrayView2<'_, f32>, dims: Dims) -> Self {
-        assert_eq!(yr.nrows(), dims.pixels(), "Yr has {} rows but dims {dims} have {} pixels", yr.nrows(), dims.pixels());
+        assert_eq!(
+            yr.nrows(),
+            dims.pixels(),
+            "Yr has {} rows but dims {dims} have {} pixels",
+            yr.nrows(),
+            dims.pixels()
+        );
         let t_len = yr.ncols();
         let mut m = Movie::zeros(Shape::new(t_len, dims));
         let d = dims.pixels();
@@ -349,7 +363,8 @@ pub fn decode_into_f32(dtype: DType, little_endian: bool, raw: &[u8], out: &mut 
         ($t:ty, $n:expr) => {{
             for (o, c) in out.iter_mut().zip(raw.chunks_exact($n)) {
                 let b: [u8; $n] = c.try_into().expect("chunk size");
-                *o = (if little_endian { <$t>::from_le_bytes(b) } else { <$t>::from_be_bytes(b) }) as f32;
+                *o = (if little_endian { <$t>::from_le_bytes(b) } else { <$t>::from_be_bytes(b) })
+                    as f32;
             }
         }};
     }

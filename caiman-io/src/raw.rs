@@ -122,7 +122,12 @@ impl RawMovie {
                         for k in 0..dims.d3 {
                             let p = dims.f_index(i, j, k);
                             let from = (p * t_len + start) * es;
-                            decode_into_f32(self.dtype, self.little_endian, &self.data()[from..from + n * es], &mut scratch);
+                            decode_into_f32(
+                                self.dtype,
+                                self.little_endian,
+                                &self.data()[from..from + n * es],
+                                &mut scratch,
+                            );
                             for (f, &v) in scratch.iter().enumerate() {
                                 buf[f * d + c] = v;
                             }

@@ -1356,7 +1356,7 @@ impl TiffSource {
                 }
             }
             Pages::Regular(_) => {
-                Err(self.tf.malformed("internal: regular layout not resolved".to_string()))
+                unreachable!("a regular layout reads the page above or is replaced by the chain")
             }
         }
     }

@@ -101,7 +101,11 @@ pub trait MovieWriter: Send {
 }
 
 /// Create a writer for `path`, the format chosen by its extension.
-pub fn create(path: impl AsRef<Path>, shape: Shape, opts: &WriteOptions) -> Result<Box<dyn MovieWriter>> {
+pub fn create(
+    path: impl AsRef<Path>,
+    shape: Shape,
+    opts: &WriteOptions,
+) -> Result<Box<dyn MovieWriter>> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
     if shape.frames == 0 {
@@ -145,13 +149,20 @@ impl FrameCounter {
     pub(crate) fn take(&mut self, path: &Path, values: usize) -> Result<usize> {
         let d = self.shape.dims.pixels();
         if values % d != 0 {
-            return Err(Error::invalid(path, format!("{values} values are not whole frames of {d} pixels")));
+            return Err(Error::invalid(
+                path,
+                format!("{values} values are not whole frames of {d} pixels"),
+            ));
         }
         let n = values / d;
         if self.written + n > self.shape.frames {
             return Err(Error::invalid(
                 path,
-                format!("writing {} frames into a movie of {}", self.written + n, self.shape.frames),
+                format!(
+                    "writing {} frames into a movie of {}",
+                    self.written + n,
+                    self.shape.frames
+                ),
             ));
         }
         self.written += n;
@@ -160,7 +171,10 @@ impl FrameCounter {
 
     pub(crate) fn check_complete(&self, path: &Path) -> Result<()> {
         if self.written != self.shape.frames {
-            return Err(Error::invalid(path, format!("only {} of {} frames were written", self.written, self.shape.frames)));
+            return Err(Error::invalid(
+                path,
+                format!("only {} of {} frames were written", self.written, self.shape.frames),
+            ));
         }
         Ok(())
     }
@@ -185,7 +199,13 @@ impl AtomicFile {
             .into_owned();
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !dir.is_dir() {
-            return Err(Error::io(dest, std::io::Error::new(std::io::ErrorKind::NotFound, "output directory does not exist")));
+            return Err(Error::io(
+                dest,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "output directory does not exist",
+                ),
+            ));
         }
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -195,7 +215,13 @@ impl AtomicFile {
 
     /// Create (truncate) the temporary file for writing.
     pub fn create_file(&self) -> Result<File> {
-        File::options().read(true).write(true).create(true).truncate(true).open(&self.tmp).at(&self.tmp)
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.tmp)
+            .at(&self.tmp)
     }
 
     /// The temporary path being written.
@@ -242,7 +268,10 @@ pub fn copy_frames(
 ) -> Result<()> {
     let info = src.info();
     if range.start > range.end || range.end > info.shape.frames {
-        return Err(Error::invalid(&info.path, format!("frame range {range:?} outside 0..{}", info.shape.frames)));
+        return Err(Error::invalid(
+            &info.path,
+            format!("frame range {range:?} outside 0..{}", info.shape.frames),
+        ));
     }
     let d = info.shape.dims.pixels();
     let chunk = (COPY_CHUNK_BYTES / (4 * d.max(1))).clamp(1, range.len().max(1));

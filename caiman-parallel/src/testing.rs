@@ -310,7 +310,7 @@ pub fn mixed_tasks(n: usize) -> Vec<TestTask> {
 /// message on the first violation. It runs a few hundred small tasks and uses no process exits,
 /// so it is safe for in-process executors. A process-based executor must serve [`registry`].
 ///
-/// Checked: empty maps; outputs bit-identical to [`reference`] and in input order, for several
+/// Checked: empty maps; outputs bit-identical to [`reference()`] and in input order, for several
 /// task types and codecs and payloads of several MiB; run statistics filled and consistent;
 /// a task error and a panic reported with the task's name and index, the lowest index winning
 /// when several fail; the executor usable after failures; every task given the executor's inner
