@@ -43,7 +43,9 @@ fn io_read(c: &mut Criterion) {
         let path = write_fixture(&dir.path().join(file), shape, &opts).expect("write fixture");
         let bytes = std::fs::metadata(&path).expect("stat").len();
         group.throughput(Throughput::Bytes(bytes));
-        group.bench_function(BenchmarkId::new(name, format!("512x512x{FRAMES}")), |b| b.iter(|| read_all(&path, &mut buf)));
+        group.bench_function(BenchmarkId::new(name, format!("512x512x{FRAMES}")), |b| {
+            b.iter(|| read_all(&path, &mut buf))
+        });
         group.bench_function(BenchmarkId::new(format!("{name}_fs_read"), format!("512x512x{FRAMES}")), |b| {
             b.iter(|| black_box(std::fs::read(&path).expect("read")))
         });

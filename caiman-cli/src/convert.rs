@@ -54,7 +54,10 @@ fn parse_range(s: &str) -> std::result::Result<(Option<usize>, Option<usize>), S
 }
 
 pub(crate) fn parse_dims(s: &str) -> std::result::Result<caiman_io::Dims, String> {
-    let parts: Vec<usize> = s.split(['x', 'X', '×']).map(|p| p.parse().map_err(|_| format!("bad size {s:?}"))).collect::<std::result::Result<_, _>>()?;
+    let parts: Vec<usize> = s
+        .split(['x', 'X', '×'])
+        .map(|p| p.parse().map_err(|_| format!("bad size {s:?}")))
+        .collect::<std::result::Result<_, _>>()?;
     match parts.as_slice() {
         [d1, d2] => Ok(caiman_io::Dims::planar(*d1, *d2)),
         [d1, d2, d3] => Ok(caiman_io::Dims::volume(*d1, *d2, *d3)),
@@ -63,19 +66,22 @@ pub(crate) fn parse_dims(s: &str) -> std::result::Result<caiman_io::Dims, String
 }
 
 pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
-    let open_opts = caiman_io::OpenOptions { dataset: args.dataset.clone(), npy_dims: args.npy_dims, ..Default::default() };
+    let open_opts =
+        caiman_io::OpenOptions { dataset: args.dataset.clone(), npy_dims: args.npy_dims, ..Default::default() };
     let (output, inputs) = args.paths.split_last().expect("clap requires two paths");
     let input = &inputs[0];
-    let mut src: Box<dyn FrameSource> = if inputs.len() == 1 {
-        open(input, &open_opts)?
-    } else {
-        Box::new(ChainSource::open(inputs, &open_opts)?)
-    };
+    let mut src: Box<dyn FrameSource> =
+        if inputs.len() == 1 { open(input, &open_opts)? } else { Box::new(ChainSource::open(inputs, &open_opts)?) };
     let total = src.frames();
     let (a, b) = args.frames.unwrap_or((None, None));
     let range: Range<usize> = a.unwrap_or(0)..b.unwrap_or(total);
     if range.start >= range.end || range.end > total {
-        bail!("{}: frame range {}..{} is empty or outside the movie's {total} frames", input.display(), range.start, range.end);
+        bail!(
+            "{}: frame range {}..{} is empty or outside the movie's {total} frames",
+            input.display(),
+            range.start,
+            range.end
+        );
     }
     let wopts = WriteOptions {
         dataset: args.dataset.unwrap_or_else(|| "mov".into()),

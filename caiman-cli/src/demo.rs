@@ -82,13 +82,20 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
             println!("{s}");
         }
     };
-    say(format!("caiman demo: synthetic {} movie, {} neurons, seed {}, in {}", shape, params.n_neurons, params.seed, dir.display()));
+    say(format!(
+        "caiman demo: synthetic {} movie, {} neurons, seed {}, in {}",
+        shape,
+        params.n_neurons,
+        params.seed,
+        dir.display()
+    ));
 
     // 1. Synthesis, streamed to a u16 TIFF (the default movie is quantised to camera counts).
     let started = Instant::now();
     let bar = ui.frames_bar(shape.frames, "synth");
     let tiff_opts = WriteOptions { tiff_sample: TiffSample::U16, fr: params.fr, ..Default::default() };
-    let (tiff, truth) = write_movie_to(&params, &dir.join("demo.tif"), &tiff_opts, &mut |d, _| bar.set_position(d as u64))?;
+    let (tiff, truth) =
+        write_movie_to(&params, &dir.join("demo.tif"), &tiff_opts, &mut |d, _| bar.set_position(d as u64))?;
     bar.finish_and_clear();
     truth.save(&truth_path(&tiff))?;
     let synth_s = started.elapsed().as_secs_f64();
@@ -114,7 +121,14 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let tiff_bytes = reference.info().file_bytes;
     let t0 = Instant::now();
     let identical = read_and_compare(&tiff, reference.as_mut())?;
-    rows.push(Row { format: "tiff u16".into(), path: tiff.clone(), bytes: tiff_bytes, write_s: None, read_s: t0.elapsed().as_secs_f64(), identical });
+    rows.push(Row {
+        format: "tiff u16".into(),
+        path: tiff.clone(),
+        bytes: tiff_bytes,
+        write_s: None,
+        read_s: t0.elapsed().as_secs_f64(),
+        identical,
+    });
     let targets = [
         ("hdf5 deflate", "demo.h5", WriteOptions::default()),
         ("npy", "demo.npy", WriteOptions::default()),

@@ -22,7 +22,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let opts = OpenOptions { dataset: args.dataset.clone(), ..Default::default() };
     let mut failed = Vec::new();
     if !args.json {
-        println!("{:<40} {:>6} {:>16} {:>8} {:>8} {:>14}  detail", "file", "format", "dims", "frames", "dtype", "bytes");
+        println!(
+            "{:<40} {:>6} {:>16} {:>8} {:>8} {:>14}  detail",
+            "file", "format", "dims", "frames", "dtype", "bytes"
+        );
     }
     for f in &args.files {
         match open(f, &opts) {

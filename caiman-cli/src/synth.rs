@@ -36,8 +36,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn parse_size(s: &str) -> std::result::Result<(usize, usize, usize), String> {
-    let parts: Vec<usize> =
-        s.split(['x', 'X', '×']).map(|p| p.parse().map_err(|_| format!("bad size {s:?}"))).collect::<std::result::Result<_, _>>()?;
+    let parts: Vec<usize> = s
+        .split(['x', 'X', '×'])
+        .map(|p| p.parse().map_err(|_| format!("bad size {s:?}")))
+        .collect::<std::result::Result<_, _>>()?;
     match parts.as_slice() {
         [d1, d2, t] => Ok((*d1, *d2, *t)),
         _ => Err(format!("expected D1xD2xT (e.g. 512x512x2000), got {s:?}")),
@@ -79,7 +81,8 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     if args.no_noise {
         params = params.without_noise();
     }
-    let opts = WriteOptions { tiff_sample: if args.u16 { TiffSample::U16 } else { TiffSample::F32 }, ..Default::default() };
+    let opts =
+        WriteOptions { tiff_sample: if args.u16 { TiffSample::U16 } else { TiffSample::F32 }, ..Default::default() };
     let bar = ui.frames_bar(params.frames, "synth");
     let (movie, truth) = write_movie_to(&params, &args.output, &opts, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();

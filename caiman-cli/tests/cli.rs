@@ -1,5 +1,8 @@
 //! The `caiman` binary end to end: demo, synth, info, convert, and one-line errors on bad input.
 
+// Running the binary under test is the point of this file.
+#![allow(clippy::disallowed_methods)]
+
 use std::process::{Command, Output};
 
 fn caiman(args: &[&str]) -> Output {
@@ -37,7 +40,8 @@ fn synth_then_convert_a_frame_range_then_info() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.path().join("s_gt.npz").exists());
     let h5 = dir.path().join("s.h5");
-    let o = caiman(&["convert", tif.to_str().unwrap(), h5.to_str().unwrap(), "--frames", "10..25", "--dataset", "data"]);
+    let o =
+        caiman(&["convert", tif.to_str().unwrap(), h5.to_str().unwrap(), "--frames", "10..25", "--dataset", "data"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = caiman(&["info", "--json", "--dataset", "data", h5.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -48,7 +52,8 @@ fn synth_then_convert_a_frame_range_then_info() {
     assert_eq!(v["format"], "hdf5");
     // The converted frames equal frames 10..25 of the source.
     let mut a = caiman_io::open(&tif, &Default::default()).unwrap();
-    let b = caiman_io::load(&h5, &caiman_io::OpenOptions { dataset: Some("data".into()), ..Default::default() }).unwrap();
+    let b =
+        caiman_io::load(&h5, &caiman_io::OpenOptions { dataset: Some("data".into()), ..Default::default() }).unwrap();
     let mut want = vec![0f32; 15 * 32 * 24];
     a.read_frames(10, &mut want).unwrap();
     assert_eq!(b.as_slice(), want.as_slice());
@@ -86,7 +91,8 @@ fn bad_inputs_give_one_clear_line_and_no_output() {
         assert!(!out.exists());
     }
     // Nothing but our inputs remains: no temporary or partial file.
-    let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["folder.tif", "movie.xyz", "trunc.tif", "x_d1_4_d2_4_d3_1_order_C_frames_9.mmap"]);
 }

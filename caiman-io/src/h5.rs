@@ -106,17 +106,11 @@ impl ElemType {
             {
                 ElemType::Int { bytes: *size as usize, signed: *signed }
             }
-            DatatypeMessage::FloatingPoint { size, .. }
-                if matches!(size, 2 | 4 | 8) && dt.ieee_format().is_some() =>
-            {
+            DatatypeMessage::FloatingPoint { size, .. } if matches!(size, 2 | 4 | 8) && dt.ieee_format().is_some() => {
                 ElemType::Float { bytes: *size as usize }
             }
-            DatatypeMessage::Enum { base, members } if is_h5py_bool(base, members) => {
-                ElemType::Bool
-            }
-            DatatypeMessage::FixedString { size, .. } => {
-                ElemType::FixedString { len: *size as usize }
-            }
+            DatatypeMessage::Enum { base, members } if is_h5py_bool(base, members) => ElemType::Bool,
+            DatatypeMessage::FixedString { size, .. } => ElemType::FixedString { len: *size as usize },
             DatatypeMessage::VarLenString { .. } => ElemType::VarString,
             other => ElemType::Other(other.to_string()),
         }
@@ -173,16 +167,10 @@ impl std::fmt::Display for ElemType {
 
 /// h5py's boolean: an enumeration over a one-byte integer with exactly the members
 /// `FALSE = 0` and `TRUE = 1`.
-fn is_h5py_bool(
-    base: &DatatypeMessage,
-    members: &[backend::format::messages::datatype::EnumMember],
-) -> bool {
+fn is_h5py_bool(base: &DatatypeMessage, members: &[backend::format::messages::datatype::EnumMember]) -> bool {
     let one_byte = matches!(base, DatatypeMessage::FixedPoint { size: 1, .. });
     let value = |name: &str| members.iter().find(|m| m.name == name).map(|m| m.value.as_slice());
-    one_byte
-        && members.len() == 2
-        && value("FALSE") == Some(&[0][..])
-        && value("TRUE") == Some(&[1][..])
+    one_byte && members.len() == 2 && value("FALSE") == Some(&[0][..]) && value("TRUE") == Some(&[1][..])
 }
 
 /// What is known about a dataset without reading its values.
@@ -246,8 +234,7 @@ fn join(group: &str, name: &str) -> String {
 /// A read past the end of the file is [`Error::Malformed`] (truncated) whatever the backend
 /// calls it: it may report one while decoding an object header as an unsupported object.
 fn read_err(file: &Path, what: &str, e: Hdf5Error) -> Error {
-    const TRUNCATED: [&str; 3] =
-        ["read past end", "failed to fill whole buffer", "buffer too short"];
+    const TRUNCATED: [&str; 3] = ["read past end", "failed to fill whole buffer", "buffer too short"];
     let msg = e.to_string();
     match e {
         Hdf5Error::Io(io) if io.kind() != std::io::ErrorKind::UnexpectedEof => Error::io(file, io),
@@ -331,12 +318,8 @@ impl Column {
     /// Integers (and booleans as 0/1) widened to `i64`; `Err` names the first value that does
     /// not fit, or says the values are floats.
     fn to_i64(&self) -> std::result::Result<Vec<i64>, String> {
-        fn conv<T: Copy + TryInto<i64> + std::fmt::Display>(
-            v: &[T],
-        ) -> std::result::Result<Vec<i64>, String> {
-            v.iter()
-                .map(|&x| x.try_into().map_err(|_| format!("value {x} does not fit in i64")))
-                .collect()
+        fn conv<T: Copy + TryInto<i64> + std::fmt::Display>(v: &[T]) -> std::result::Result<Vec<i64>, String> {
+            v.iter().map(|&x| x.try_into().map_err(|_| format!("value {x} does not fit in i64"))).collect()
         }
         match self {
             Column::U8(v) => conv(v),
@@ -347,18 +330,14 @@ impl Column {
             Column::I32(v) => conv(v),
             Column::U64(v) => conv(v),
             Column::I64(v) => Ok(v.clone()),
-            Column::F32(_) | Column::F64(_) => {
-                Err("values are floating point, not integers".into())
-            }
+            Column::F32(_) | Column::F64(_) => Err("values are floating point, not integers".into()),
         }
     }
 
     /// Booleans, or integers read as `value != 0`; floats are refused.
     fn to_bool(&self) -> std::result::Result<Vec<bool>, String> {
         match self {
-            Column::F32(_) | Column::F64(_) => {
-                Err("values are floating point, not booleans".into())
-            }
+            Column::F32(_) | Column::F64(_) => Err("values are floating point, not booleans".into()),
             Column::U64(v) => Ok(v.iter().map(|&x| x != 0).collect()),
             other => other.to_i64().map(|v| v.into_iter().map(|x| x != 0).collect()),
         }
@@ -377,11 +356,7 @@ enum Sel<'a> {
 }
 
 /// Read a selection of `ds`, whose elements are of type `ty`, into a [`Column`].
-fn read_column(
-    ds: &backend::H5Dataset,
-    ty: &ElemType,
-    sel: Sel<'_>,
-) -> std::result::Result<Column, Hdf5Error> {
+fn read_column(ds: &backend::H5Dataset, ty: &ElemType, sel: Sel<'_>) -> std::result::Result<Column, Hdf5Error> {
     fn get<T: backend::H5Type>(ds: &backend::H5Dataset, sel: Sel<'_>) -> backend::Result<Vec<T>> {
         match sel {
             Sel::All => ds.read_raw::<T>(),
@@ -414,9 +389,7 @@ fn read_column(
         ElemType::Float { bytes: 8 } => Column::F64(get(ds, sel)?),
         ElemType::Bool => Column::Bool(get(ds, sel)?),
         other => {
-            return Err(Hdf5Error::TypeMismatch(format!(
-                "element type {other} is not read as numbers"
-            )));
+            return Err(Hdf5Error::TypeMismatch(format!("element type {other} is not read as numbers")));
         }
     })
 }
@@ -425,8 +398,9 @@ fn read_column(
 fn decode_numeric(dt: &DatatypeMessage, raw: &[u8]) -> Option<Vec<f64>> {
     fn order(dt: &DatatypeMessage) -> ByteOrder {
         match dt {
-            DatatypeMessage::FixedPoint { byte_order, .. }
-            | DatatypeMessage::FloatingPoint { byte_order, .. } => *byte_order,
+            DatatypeMessage::FixedPoint { byte_order, .. } | DatatypeMessage::FloatingPoint { byte_order, .. } => {
+                *byte_order
+            }
             DatatypeMessage::Enum { base, .. } => order(base),
             _ => ByteOrder::LittleEndian,
         }
@@ -529,11 +503,7 @@ impl H5File {
 
     /// The error for a dataset that is not there.
     fn missing(&self, path: &str) -> Error {
-        Error::MissingDataset {
-            path: self.path.clone(),
-            name: display(path),
-            found: self.found_list(),
-        }
+        Error::MissingDataset { path: self.path.clone(), name: display(path), found: self.found_list() }
     }
 
     fn group_handle(&self, path: &str) -> Result<backend::H5Group> {
@@ -552,11 +522,7 @@ impl H5File {
     }
 
     /// Run `f` on the (cached) handle of dataset `path`.
-    fn with_dataset<R>(
-        &self,
-        path: &str,
-        f: impl FnOnce(&backend::H5Dataset) -> Result<R>,
-    ) -> Result<R> {
+    fn with_dataset<R>(&self, path: &str, f: impl FnOnce(&backend::H5Dataset) -> Result<R>) -> Result<R> {
         let p = trim(path);
         let mut cache = self.cached.borrow_mut();
         if cache.as_ref().is_none_or(|(name, _)| name != p) {
@@ -565,11 +531,7 @@ impl H5File {
                 Ok(ds) => ds,
                 Err(Hdf5Error::NotFound(_)) => return Err(self.missing(p)),
                 Err(e) => {
-                    return Err(read_err(
-                        &self.path,
-                        &format!("cannot open dataset {}", display(p)),
-                        e,
-                    ));
+                    return Err(read_err(&self.path, &format!("cannot open dataset {}", display(p)), e));
                 }
             };
             *cache = Some((p.to_string(), ds));
@@ -579,14 +541,8 @@ impl H5File {
     }
 
     fn info_of(&self, path: &str, ds: &backend::H5Dataset) -> Result<DatasetInfo> {
-        let dt = ds
-            .datatype()
-            .map_err(|e| read_err(&self.path, &format!("datatype of {}", display(path)), e))?;
-        Ok(DatasetInfo {
-            dtype: ElemType::from_datatype(&dt),
-            shape: ds.shape(),
-            chunks: ds.chunk_dims(),
-        })
+        let dt = ds.datatype().map_err(|e| read_err(&self.path, &format!("datatype of {}", display(path)), e))?;
+        Ok(DatasetInfo { dtype: ElemType::from_datatype(&dt), shape: ds.shape(), chunks: ds.chunk_dims() })
     }
 
     /// Whether `path` names a group.
@@ -604,9 +560,7 @@ impl H5File {
     /// Names (not paths) of the groups directly inside group `path`, sorted.
     pub fn groups_in(&self, path: &str) -> Result<Vec<String>> {
         let g = self.group_handle(path)?;
-        let mut v = g
-            .group_names()
-            .map_err(|e| read_err(&self.path, &format!("listing {}", display(path)), e))?;
+        let mut v = g.group_names().map_err(|e| read_err(&self.path, &format!("listing {}", display(path)), e))?;
         v.sort();
         Ok(v)
     }
@@ -614,9 +568,7 @@ impl H5File {
     /// Names (not paths) of the datasets directly inside group `path`, sorted.
     pub fn datasets_in(&self, path: &str) -> Result<Vec<String>> {
         let g = self.group_handle(path)?;
-        let mut v = g
-            .dataset_names()
-            .map_err(|e| read_err(&self.path, &format!("listing {}", display(path)), e))?;
+        let mut v = g.dataset_names().map_err(|e| read_err(&self.path, &format!("listing {}", display(path)), e))?;
         v.sort();
         Ok(v)
     }
@@ -633,8 +585,7 @@ impl H5File {
     }
 
     fn walk(&self, group: &str, out: &mut Vec<Entry>) -> Result<()> {
-        let mut children: Vec<(String, bool)> =
-            self.groups_in(group)?.into_iter().map(|n| (n, true)).collect();
+        let mut children: Vec<(String, bool)> = self.groups_in(group)?.into_iter().map(|n| (n, true)).collect();
         children.extend(self.datasets_in(group)?.into_iter().map(|n| (n, false)));
         children.sort();
         for (name, is_group) in children {
@@ -702,18 +653,18 @@ impl H5File {
     /// values above `i64::MAX` are [`Error::Unsupported`].
     pub fn read_i64(&self, path: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let (shape, col) = self.read_all(path)?;
-        let v = col.to_i64().map_err(|m| {
-            Error::unsupported(&self.path, FORMAT, format!("dataset {}: {m}", display(path)))
-        })?;
+        let v = col
+            .to_i64()
+            .map_err(|m| Error::unsupported(&self.path, FORMAT, format!("dataset {}: {m}", display(path))))?;
         Ok((shape, v))
     }
 
     /// Read a whole boolean dataset (h5py's `bool`; integers read as `value != 0`).
     pub fn read_bool(&self, path: &str) -> Result<(Vec<usize>, Vec<bool>)> {
         let (shape, col) = self.read_all(path)?;
-        let v = col.to_bool().map_err(|m| {
-            Error::unsupported(&self.path, FORMAT, format!("dataset {}: {m}", display(path)))
-        })?;
+        let v = col
+            .to_bool()
+            .map_err(|m| Error::unsupported(&self.path, FORMAT, format!("dataset {}: {m}", display(path))))?;
         Ok((shape, v))
     }
 
@@ -729,10 +680,7 @@ impl H5File {
     ) -> Result<DatasetInfo> {
         let info = self.info_of(path, ds)?;
         if info.shape.is_empty() {
-            return Err(Error::invalid(
-                &self.path,
-                format!("dataset {} is a scalar and has no rows", display(path)),
-            ));
+            return Err(Error::invalid(&self.path, format!("dataset {} is a scalar and has no rows", display(path))));
         }
         if !info.dtype.is_numeric() {
             return Err(Error::unsupported(
@@ -742,11 +690,7 @@ impl H5File {
             ));
         }
         let row: usize = checked_len(&info.shape[1..]).ok_or_else(|| {
-            Error::malformed(
-                &self.path,
-                FORMAT,
-                format!("dataset {} has shape {:?}", display(path), info.shape),
-            )
+            Error::malformed(&self.path, FORMAT, format!("dataset {} has shape {:?}", display(path), info.shape))
         })?;
         let last = (count.saturating_sub(1)).checked_mul(step).and_then(|x| x.checked_add(start));
         if count > 0 && last.is_none_or(|last| last >= info.shape[0]) {
@@ -762,10 +706,7 @@ impl H5File {
         if row.checked_mul(count) != Some(out_len) {
             return Err(Error::invalid(
                 &self.path,
-                format!(
-                    "buffer of {out_len} values does not hold {count} rows of {row} values of {}",
-                    display(path)
-                ),
+                format!("buffer of {out_len} values does not hold {count} rows of {row} values of {}", display(path)),
             ));
         }
         Ok(info)
@@ -776,13 +717,7 @@ impl H5File {
     ///
     /// Only the selected rows are read from the file. `f32` data lands in `out` directly; other
     /// types go through one temporary buffer of the selection's size.
-    pub fn read_rows_f32(
-        &self,
-        path: &str,
-        start: usize,
-        count: usize,
-        out: &mut [f32],
-    ) -> Result<()> {
+    pub fn read_rows_f32(&self, path: &str, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
         self.with_dataset(path, |ds| {
             let info = self.check_rows(ds, path, start, 1, count, out.len())?;
             if count == 0 || out.is_empty() {
@@ -794,8 +729,7 @@ impl H5File {
             counts[0] = count;
             let what = || format!("reading rows {start}..{} of {}", start + count, display(path));
             if info.dtype == (ElemType::Float { bytes: 4 }) {
-                ds.read_slice_into::<f32>(out, &starts, &counts)
-                    .map_err(|e| read_err(&self.path, &what(), e))
+                ds.read_slice_into::<f32>(out, &starts, &counts).map_err(|e| read_err(&self.path, &what(), e))
             } else {
                 let col = read_column(ds, &info.dtype, Sel::Block(&starts, &counts))
                     .map_err(|e| read_err(&self.path, &what(), e))?;
@@ -834,10 +768,8 @@ impl H5File {
                 return Ok(());
             }
             let what = || format!("reading every {step}th row from {start} of {}", display(path));
-            let sel =
-                Sel::Strided { start, step, count, rank: info.shape.len(), shape: &info.shape };
-            let col =
-                read_column(ds, &info.dtype, sel).map_err(|e| read_err(&self.path, &what(), e))?;
+            let sel = Sel::Strided { start, step, count, rank: info.shape.len(), shape: &info.shape };
+            let col = read_column(ds, &info.dtype, sel).map_err(|e| read_err(&self.path, &what(), e))?;
             if col.len() != out.len() {
                 return Err(Error::malformed(
                     &self.path,
@@ -863,9 +795,8 @@ impl H5File {
                     format!("dataset {} holds {} values, not strings", display(path), info.dtype),
                 ));
             }
-            ds.read_strings_lossy().map_err(|e| {
-                read_err(&self.path, &format!("reading strings of {}", display(path)), e)
-            })
+            ds.read_strings_lossy()
+                .map_err(|e| read_err(&self.path, &format!("reading strings of {}", display(path)), e))
         })
     }
 
@@ -873,9 +804,7 @@ impl H5File {
     pub fn attr_names(&self, path: &str) -> Result<Vec<String>> {
         let what = || format!("attributes of {}", display(path));
         if self.is_dataset(path) {
-            self.with_dataset(path, |ds| {
-                ds.attr_names().map_err(|e| read_err(&self.path, &what(), e))
-            })
+            self.with_dataset(path, |ds| ds.attr_names().map_err(|e| read_err(&self.path, &what(), e)))
         } else {
             let g = self.group_handle(path)?;
             g.attr_names().map_err(|e| read_err(&self.path, &what(), e))
@@ -889,11 +818,7 @@ impl H5File {
         } else {
             Err(Error::invalid(
                 &self.path,
-                format!(
-                    "{} has no attribute {name:?} (attributes: {})",
-                    display(path),
-                    names.join(", ")
-                ),
+                format!("{} has no attribute {name:?} (attributes: {})", display(path), names.join(", ")),
             ))
         }
     }
@@ -935,11 +860,7 @@ impl H5File {
             _ => Err(Error::unsupported(
                 &self.path,
                 FORMAT,
-                format!(
-                    "attribute {name:?} of {} holds {} values, not one",
-                    display(path),
-                    v.len()
-                ),
+                format!("attribute {name:?} of {} holds {} values, not one", display(path), v.len()),
             )),
         }
     }
@@ -960,11 +881,7 @@ impl H5File {
             let dt = attr.datatype().map_err(|e| read_err(&self.path, &what(), e))?;
             let raw = attr.read_raw().map_err(|e| read_err(&self.path, &what(), e))?;
             decode_numeric(&dt, &raw).ok_or_else(|| {
-                Error::unsupported(
-                    &self.path,
-                    FORMAT,
-                    format!("{} is of type {dt}, not numeric", what()),
-                )
+                Error::unsupported(&self.path, FORMAT, format!("{} is of type {dt}, not numeric", what()))
             })
         })
     }
@@ -1015,8 +932,7 @@ impl H5Writer {
             return Err(Error::IsDirectory { path: dest.to_path_buf() });
         }
         let atomic = AtomicFile::new(dest)?;
-        let file = backend::H5File::create(atomic.tmp_path())
-            .map_err(|e| write_err(dest, "cannot create", e))?;
+        let file = backend::H5File::create(atomic.tmp_path()).map_err(|e| write_err(dest, "cannot create", e))?;
         Ok(H5Writer {
             dest: dest.to_path_buf(),
             file: Some(file),
@@ -1044,10 +960,7 @@ impl H5Writer {
     /// Check `p` (trimmed) is a fresh name for a new object.
     fn check_new(&self, p: &str) -> Result<()> {
         if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            return Err(Error::invalid(
-                &self.dest,
-                format!("{:?} is not a valid HDF5 object path", display(p)),
-            ));
+            return Err(Error::invalid(&self.dest, format!("{:?} is not a valid HDF5 object path", display(p))));
         }
         if self.groups.contains(p) || self.datasets.contains(p) {
             return Err(Error::invalid(&self.dest, format!("{} already exists", display(p))));
@@ -1062,10 +975,7 @@ impl H5Writer {
             return Ok(());
         }
         if self.datasets.contains(p) {
-            return Err(Error::invalid(
-                &self.dest,
-                format!("{} is a dataset, not a group", display(p)),
-            ));
+            return Err(Error::invalid(&self.dest, format!("{} is a dataset, not a group", display(p))));
         }
         self.check_new(p)?;
         let (parent, name) = p.rsplit_once('/').unwrap_or(("", p));
@@ -1092,9 +1002,7 @@ impl H5Writer {
         let group = if parent.is_empty() {
             file.root_group()
         } else {
-            file.root_group()
-                .group(parent)
-                .map_err(self.werr(&format!("opening group {}", display(parent))))?
+            file.root_group().group(parent).map_err(self.werr(&format!("opening group {}", display(parent))))?
         };
         Ok((group, name))
     }
@@ -1188,10 +1096,7 @@ impl H5Writer {
             raw.resize(raw.len() + width - s.len(), 0);
         }
         let size = u32::try_from(width).map_err(|_| {
-            Error::invalid(
-                &self.dest,
-                format!("string of {width} bytes is too long for {}", display(p)),
-            )
+            Error::invalid(&self.dest, format!("string of {width} bytes is too long for {}", display(p)))
         })?;
         let (group, name) = self.new_dataset_slot(p)?;
         let what = format!("writing strings {}", display(p));
@@ -1234,9 +1139,7 @@ impl H5Writer {
     pub fn write_vlen_strings(&mut self, path: &str, values: &[&str]) -> Result<()> {
         let p = trim(path);
         let (group, name) = self.new_dataset_slot(p)?;
-        group
-            .write_vlen_strings(name, values)
-            .map_err(self.werr(&format!("writing strings {}", display(p))))?;
+        group.write_vlen_strings(name, values).map_err(self.werr(&format!("writing strings {}", display(p))))?;
         self.datasets.insert(p.to_string());
         Ok(())
     }
@@ -1261,16 +1164,10 @@ impl H5Writer {
             ));
         };
         if chunk_rows == 0 {
-            return Err(Error::invalid(
-                &self.dest,
-                format!("chunks of {} must hold at least one row", display(p)),
-            ));
+            return Err(Error::invalid(&self.dest, format!("chunks of {} must hold at least one row", display(p))));
         }
         if deflate > 9 {
-            return Err(Error::invalid(
-                &self.dest,
-                format!("deflate level {deflate} is not in 0..=9"),
-            ));
+            return Err(Error::invalid(&self.dest, format!("deflate level {deflate} is not in 0..=9")));
         }
         let mut shape = vec![0];
         shape.extend_from_slice(row_shape);
@@ -1283,8 +1180,7 @@ impl H5Writer {
         if deflate > 0 {
             builder = builder.deflate(deflate);
         }
-        let ds =
-            builder.create(name).map_err(self.werr(&format!("creating dataset {}", display(p))))?;
+        let ds = builder.create(name).map_err(self.werr(&format!("creating dataset {}", display(p))))?;
         self.datasets.insert(p.to_string());
         self.appendables.push(Appendable { path: p.to_string(), ds, row });
         Ok(())
@@ -1295,27 +1191,18 @@ impl H5Writer {
     pub fn append_f32(&mut self, path: &str, values: &[f32]) -> Result<()> {
         let p = trim(path);
         let a = self.appendables.iter().find(|a| a.path == p).ok_or_else(|| {
-            Error::invalid(
-                &self.dest,
-                format!("{} is not an appendable dataset of this file", display(p)),
-            )
+            Error::invalid(&self.dest, format!("{} is not an appendable dataset of this file", display(p)))
         })?;
         if !values.len().is_multiple_of(a.row) {
             return Err(Error::invalid(
                 &self.dest,
-                format!(
-                    "{} values are not whole rows of {} values ({})",
-                    values.len(),
-                    a.row,
-                    display(p)
-                ),
+                format!("{} values are not whole rows of {} values ({})", values.len(), a.row, display(p)),
             ));
         }
         if values.is_empty() {
             return Ok(());
         }
-        a.ds.append(values)
-            .map_err(|e| write_err(&self.dest, &format!("appending to {}", display(p)), e))
+        a.ds.append(values).map_err(|e| write_err(&self.dest, &format!("appending to {}", display(p)), e))
     }
 
     /// Where an attribute of `path` goes: the root, a group, or a dataset.
@@ -1330,21 +1217,12 @@ impl H5Writer {
         } else if self.datasets.contains(p) {
             Ok(AttrTarget::Dataset(file.dataset_writer(p).map_err(self.werr(&what()))?))
         } else {
-            Err(Error::invalid(
-                &self.dest,
-                format!("no group or dataset {} to put an attribute on", display(p)),
-            ))
+            Err(Error::invalid(&self.dest, format!("no group or dataset {} to put an attribute on", display(p))))
         }
     }
 
     /// Set a scalar attribute of raw type `dt` and value bytes `raw`.
-    fn set_attr_typed(
-        &mut self,
-        path: &str,
-        name: &str,
-        dt: DatatypeMessage,
-        raw: Vec<u8>,
-    ) -> Result<()> {
+    fn set_attr_typed(&mut self, path: &str, name: &str, dt: DatatypeMessage, raw: Vec<u8>) -> Result<()> {
         let what = format!("setting attribute {name:?} of {}", display(path));
         match self.attr_target(path)? {
             AttrTarget::Group(g) => g.set_attr_typed(name, dt, raw),
@@ -1359,11 +1237,9 @@ impl H5Writer {
         let what = format!("setting attribute {name:?} of {}", display(path));
         match self.attr_target(path)? {
             AttrTarget::Group(g) => g.set_attr_string(name, value),
-            AttrTarget::Dataset(d) => d
-                .new_attr::<backend::VarLenUnicode>()
-                .shape(())
-                .create(name)
-                .and_then(|a| a.write_string(value)),
+            AttrTarget::Dataset(d) => {
+                d.new_attr::<backend::VarLenUnicode>().shape(()).create(name).and_then(|a| a.write_string(value))
+            }
         }
         .map_err(self.werr(&what))
     }
@@ -1372,16 +1248,10 @@ impl H5Writer {
     /// for `np.bytes_`.
     pub fn set_attr_ascii(&mut self, path: &str, name: &str, value: &str) -> Result<()> {
         let len = value.len().max(1);
-        let size = u32::try_from(len)
-            .map_err(|_| Error::invalid(&self.dest, "attribute string too long"))?;
+        let size = u32::try_from(len).map_err(|_| Error::invalid(&self.dest, "attribute string too long"))?;
         let mut raw = value.as_bytes().to_vec();
         raw.resize(len, 0);
-        self.set_attr_typed(
-            path,
-            name,
-            DatatypeMessage::FixedString { size, padding: 1, charset: 0 },
-            raw,
-        )
+        self.set_attr_typed(path, name, DatatypeMessage::FixedString { size, padding: 1, charset: 0 }, raw)
     }
 
     /// Set a scalar `float64` attribute.
@@ -1404,13 +1274,9 @@ impl H5Writer {
     /// Close the file and move it to its final name, which is returned.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.appendables.clear();
-        let file =
-            self.file.take().ok_or_else(|| Error::invalid(&self.dest, "file is already closed"))?;
+        let file = self.file.take().ok_or_else(|| Error::invalid(&self.dest, "file is already closed"))?;
         file.close().map_err(|e| write_err(&self.dest, "closing", e))?;
-        let atomic = self
-            .atomic
-            .take()
-            .ok_or_else(|| Error::invalid(&self.dest, "file is already committed"))?;
+        let atomic = self.atomic.take().ok_or_else(|| Error::invalid(&self.dest, "file is already committed"))?;
         atomic.commit()
     }
 }

@@ -60,10 +60,7 @@ impl Hdf5Source {
     /// [`Error::Unsupported`] (a dataset that is not a 2-, 3- or 4-D array of numbers).
     pub fn open(path: &Path, dataset: Option<&str>) -> Result<Hdf5Source> {
         let file = H5File::open(path)?;
-        let is_nwb = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("nwb"));
+        let is_nwb = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("nwb"));
         let name = resolve_dataset(&file, dataset, is_nwb)?;
         let ds = file.dataset_info(&name)?;
         let (shape, single_frame) = movie_shape(path, &name, &ds)?;
@@ -80,15 +77,7 @@ impl Hdf5Source {
             }
         );
         tracing::debug!(path = %path.display(), %detail, "opened HDF5 movie");
-        let info = SourceInfo {
-            path: path.to_path_buf(),
-            format: Format::Hdf5,
-            shape,
-            dtype,
-            file_bytes,
-            fr,
-            detail,
-        };
+        let info = SourceInfo { path: path.to_path_buf(), format: Format::Hdf5, shape, dtype, file_bytes, fr, detail };
         Ok(Hdf5Source { file, dataset: name, single_frame, info })
     }
 
@@ -103,10 +92,8 @@ fn resolve_dataset(file: &H5File, requested: Option<&str>, is_nwb: bool) -> Resu
     let name = requested.unwrap_or(DEFAULT_DATASET).trim_matches('/');
     let top_groups = file.groups_in("/")?;
     let top_datasets = file.datasets_in("/")?;
-    let keys = top_groups.len()
-        + top_datasets.iter().filter(|k| !IGNORED_KEYS.contains(&k.as_str())).count();
-    let single: Vec<&String> =
-        top_datasets.iter().filter(|k| !IGNORED_KEYS.contains(&k.as_str())).collect();
+    let keys = top_groups.len() + top_datasets.iter().filter(|k| !IGNORED_KEYS.contains(&k.as_str())).count();
+    let single: Vec<&String> = top_datasets.iter().filter(|k| !IGNORED_KEYS.contains(&k.as_str())).collect();
     let name = match single.as_slice() {
         [only] if keys == 1 => only.as_str(),
         _ => name,
@@ -129,12 +116,10 @@ fn resolve_dataset(file: &H5File, requested: Option<&str>, is_nwb: bool) -> Resu
             candidates.push(format!("acquisition/{only}/data"));
         }
     }
-    candidates.iter().find(|c| file.is_dataset(c)).map(|c| format!("/{c}")).ok_or_else(|| {
-        Error::MissingDataset {
-            path: file.path().to_path_buf(),
-            name: candidates.iter().map(|c| format!("/{c}")).collect::<Vec<_>>().join(" or "),
-            found: found_list(file),
-        }
+    candidates.iter().find(|c| file.is_dataset(c)).map(|c| format!("/{c}")).ok_or_else(|| Error::MissingDataset {
+        path: file.path().to_path_buf(),
+        name: candidates.iter().map(|c| format!("/{c}")).collect::<Vec<_>>().join(" or "),
+        found: found_list(file),
     })
 }
 
@@ -172,11 +157,7 @@ fn movie_shape(path: &Path, name: &str, ds: &DatasetInfo) -> Result<(Shape, bool
         .and_then(|p| p.checked_mul(shape.frames))
         .is_none()
     {
-        return Err(Error::malformed(
-            path,
-            "HDF5",
-            format!("dataset {name} has shape {:?}", ds.shape),
-        ));
+        return Err(Error::malformed(path, "HDF5", format!("dataset {name} has shape {:?}", ds.shape)));
     }
     Ok((shape, single))
 }
@@ -184,15 +165,9 @@ fn movie_shape(path: &Path, name: &str, ds: &DatasetInfo) -> Result<(Shape, bool
 /// The movie element type of a dataset, refusing non-numeric ones.
 fn movie_dtype(path: &Path, name: &str, ty: &ElemType) -> Result<DType> {
     if !ty.is_numeric() {
-        return Err(Error::unsupported(
-            path,
-            "HDF5",
-            format!("dataset {name} holds {ty} values, not numbers"),
-        ));
+        return Err(Error::unsupported(path, "HDF5", format!("dataset {name} holds {ty} values, not numbers")));
     }
-    ty.to_dtype().ok_or_else(|| {
-        Error::unsupported(path, "HDF5", format!("dataset {name} holds {ty} values"))
-    })
+    ty.to_dtype().ok_or_else(|| Error::unsupported(path, "HDF5", format!("dataset {name} holds {ty} values")))
 }
 
 impl FrameSource for Hdf5Source {
@@ -243,16 +218,10 @@ impl Hdf5Writer {
         }
         let d = shape.dims.pixels();
         if d == 0 {
-            return Err(Error::invalid(
-                path,
-                format!("cannot write frames of size {}", shape.dims),
-            ));
+            return Err(Error::invalid(path, format!("cannot write frames of size {}", shape.dims)));
         }
         if opts.compression > 9 {
-            return Err(Error::invalid(
-                path,
-                format!("HDF5 deflate level {} is not in 0..=9", opts.compression),
-            ));
+            return Err(Error::invalid(path, format!("HDF5 deflate level {} is not in 0..=9", opts.compression)));
         }
         let dataset = opts.dataset.trim_matches('/').to_string();
         if dataset.is_empty() {
@@ -267,12 +236,7 @@ impl Hdf5Writer {
         writer.create_appendable_f32(&dataset, &row_shape, chunk_frames, opts.compression)?;
         writer.set_attr_f64(&dataset, "fr", opts.fr)?;
         writer.set_attr_f64(&dataset, "start_time", 0.0)?;
-        Ok(Hdf5Writer {
-            writer,
-            dataset,
-            path: path.to_path_buf(),
-            counter: FrameCounter::new(shape),
-        })
+        Ok(Hdf5Writer { writer, dataset, path: path.to_path_buf(), counter: FrameCounter::new(shape) })
     }
 }
 

@@ -70,8 +70,7 @@ impl MmapName {
         let t = if last.is_empty() {
             frames
         } else {
-            last.parse()
-                .map_err(|_| bad(format!("trailing token {last:?} is not a frame count")))?
+            last.parse().map_err(|_| bad(format!("trailing token {last:?} is not a frame count")))?
         };
         if t != frames {
             tracing::warn!(path = %path.display(), frames, t, "memmap name: trailing T differs from `frames`; using T");
@@ -82,10 +81,7 @@ impl MmapName {
     /// CaImAn's `memmap_frames_filename(base, dims, T, order)`:
     /// `<base>_d1_<d1>_d2_<d2>_d3_<d3>_order_<o>_frames_<T>.mmap`.
     pub fn file_name(base: &str, dims: Dims, frames: usize, order: Order) -> String {
-        format!(
-            "{base}_d1_{}_d2_{}_d3_{}_order_{order}_frames_{frames}.mmap",
-            dims.d1, dims.d2, dims.d3
-        )
+        format!("{base}_d1_{}_d2_{}_d3_{}_order_{order}_frames_{frames}.mmap", dims.d1, dims.d2, dims.d3)
     }
 
     /// The path a movie of `shape` and `order` written to `path` gets: `path` itself if its name
@@ -99,10 +95,7 @@ impl MmapName {
         {
             return path.to_path_buf();
         }
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "Yr".into());
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "Yr".into());
         path.with_file_name(Self::file_name(&stem, shape.dims, shape.frames, order))
     }
 
@@ -132,25 +125,14 @@ impl MmapSource {
             return Err(Error::malformed(
                 path,
                 "CaImAn memmap",
-                format!(
-                    "file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"
-                ),
+                format!("file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"),
             ));
         }
         let layout = match name.order {
             Order::C => Layout::PixelMajorF,
             Order::F => Layout::FramesF,
         };
-        let raw = RawMovie::new(
-            path,
-            "CaImAn memmap",
-            Bytes::Mapped(map),
-            0,
-            shape,
-            DType::F32,
-            true,
-            layout,
-        )?;
+        let raw = RawMovie::new(path, "CaImAn memmap", Bytes::Mapped(map), 0, shape, DType::F32, true, layout)?;
         let info = SourceInfo {
             path: path.to_path_buf(),
             format: Format::Mmap,
@@ -288,7 +270,7 @@ impl MmapRegionWriter {
     pub fn write_frames(&mut self, start: usize, frames: &[f32]) -> Result<()> {
         let dims = self.shape.dims;
         let d = dims.pixels();
-        if frames.len() % d != 0 || start + frames.len() / d > self.shape.frames {
+        if !frames.len().is_multiple_of(d) || start + frames.len() / d > self.shape.frames {
             return Err(Error::invalid(
                 &self.path,
                 format!("frames {start}+{} do not fit {}", frames.len() / d.max(1), self.shape),
@@ -323,14 +305,10 @@ impl MmapRegionWriter {
     pub fn write_pixels(&mut self, start_pixel: usize, rows: &[f32]) -> Result<()> {
         let t_len = self.shape.frames;
         let d = self.shape.dims.pixels();
-        if rows.len() % t_len != 0 || start_pixel + rows.len() / t_len > d {
+        if !rows.len().is_multiple_of(t_len) || start_pixel + rows.len() / t_len > d {
             return Err(Error::invalid(
                 &self.path,
-                format!(
-                    "pixel rows {start_pixel}+{} do not fit {}",
-                    rows.len() / t_len,
-                    self.shape
-                ),
+                format!("pixel rows {start_pixel}+{} do not fit {}", rows.len() / t_len, self.shape),
             ));
         }
         for (k, row) in rows.chunks_exact(t_len).enumerate() {

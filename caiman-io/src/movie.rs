@@ -128,16 +128,12 @@ impl Movie {
     /// A movie of zeros.
     pub fn zeros(shape: Shape) -> Self {
         let Shape { frames, dims } = shape;
-        Movie {
-            data: Array4::zeros((frames, dims.d1, dims.d2, dims.d3)),
-            meta: MovieMeta::default(),
-        }
+        Movie { data: Array4::zeros((frames, dims.d1, dims.d2, dims.d3)), meta: MovieMeta::default() }
     }
 
     /// Wrap a `T × d1 × d2 × d3` array (converted to standard C layout if it is not).
     pub fn from_array4(data: Array4<f32>) -> Self {
-        let data =
-            if data.is_standard_layout() { data } else { data.as_standard_layout().into_owned() };
+        let data = if data.is_standard_layout() { data } else { data.as_standard_layout().into_owned() };
         Movie { data, meta: MovieMeta::default() }
     }
 
@@ -154,8 +150,7 @@ impl Movie {
     pub fn from_vec(shape: Shape, values: Vec<f32>) -> Self {
         assert_eq!(values.len(), shape.len(), "buffer length does not match shape {shape}");
         let d = shape.dims;
-        let data = Array4::from_shape_vec((shape.frames, d.d1, d.d2, d.d3), values)
-            .expect("length checked above");
+        let data = Array4::from_shape_vec((shape.frames, d.d1, d.d2, d.d3), values).expect("length checked above");
         Movie { data, meta: MovieMeta::default() }
     }
 
@@ -363,8 +358,7 @@ pub fn decode_into_f32(dtype: DType, little_endian: bool, raw: &[u8], out: &mut 
         ($t:ty, $n:expr) => {{
             for (o, c) in out.iter_mut().zip(raw.chunks_exact($n)) {
                 let b: [u8; $n] = c.try_into().expect("chunk size");
-                *o = (if little_endian { <$t>::from_le_bytes(b) } else { <$t>::from_be_bytes(b) })
-                    as f32;
+                *o = (if little_endian { <$t>::from_le_bytes(b) } else { <$t>::from_be_bytes(b) }) as f32;
             }
         }};
     }

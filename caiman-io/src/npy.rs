@@ -128,39 +128,25 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
         }
         v => return Err(Error::unsupported(path, "NPY", format!("format version {v}"))),
     };
-    let end = start
-        .checked_add(hlen)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| mal("truncated header"))?;
+    let end = start.checked_add(hlen).filter(|&e| e <= bytes.len()).ok_or_else(|| mal("truncated header"))?;
     let text = std::str::from_utf8(&bytes[start..end]).map_err(|_| mal("header is not text"))?;
     let descr = dict_value(text, "descr").ok_or_else(|| mal("header lacks 'descr'"))?;
     let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
     let (dtype, little_endian) = parse_descr(path, descr)?;
-    let fortran =
-        dict_value(text, "fortran_order").ok_or_else(|| mal("header lacks 'fortran_order'"))?;
+    let fortran = dict_value(text, "fortran_order").ok_or_else(|| mal("header lacks 'fortran_order'"))?;
     let fortran_order = match fortran.trim() {
         "True" => true,
         "False" => false,
         other => return Err(mal(&format!("bad fortran_order {other:?}"))),
     };
     let shape_txt = dict_value(text, "shape").ok_or_else(|| mal("header lacks 'shape'"))?;
-    let inner = shape_txt
-        .trim()
-        .strip_prefix('(')
-        .and_then(|s| s.strip_suffix(')'))
-        .ok_or_else(|| mal("bad shape"))?;
+    let inner = shape_txt.trim().strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| mal("bad shape"))?;
     let mut shape = Vec::new();
     for part in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let n: usize = part
-            .trim_end_matches('L')
-            .parse()
-            .map_err(|_| mal(&format!("bad shape entry {part:?}")))?;
+        let n: usize = part.trim_end_matches('L').parse().map_err(|_| mal(&format!("bad shape entry {part:?}")))?;
         shape.push(n);
     }
-    shape
-        .iter()
-        .try_fold(1usize, |a, &b| a.checked_mul(b))
-        .ok_or_else(|| mal("shape overflows"))?;
+    shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(|| mal("shape overflows"))?;
     Ok(NpyHeader { dtype, little_endian, fortran_order, shape, data_offset: end })
 }
 
@@ -168,10 +154,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
 fn dict_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let pat1 = format!("'{key}'");
     let pat2 = format!("\"{key}\"");
-    let at = text
-        .find(&pat1)
-        .map(|i| i + pat1.len())
-        .or_else(|| text.find(&pat2).map(|i| i + pat2.len()))?;
+    let at = text.find(&pat1).map(|i| i + pat1.len()).or_else(|| text.find(&pat2).map(|i| i + pat2.len()))?;
     let rest = text[at..].trim_start().strip_prefix(':')?;
     let mut depth = 0i32;
     for (i, ch) in rest.char_indices() {
@@ -251,11 +234,7 @@ macro_rules! ctor {
         #[track_caller]
         pub fn $name(shape: impl Into<Vec<usize>>, data: Vec<$t>) -> Self {
             let shape = shape.into();
-            assert_eq!(
-                shape.iter().product::<usize>(),
-                data.len(),
-                "data length does not match shape"
-            );
+            assert_eq!(shape.iter().product::<usize>(), data.len(), "data length does not match shape");
             NpyArray { shape, data: NpyData::$v(data) }
         }
     };
@@ -336,35 +315,22 @@ impl NpyArray {
         }
         let raw = &bytes[h.data_offset..];
         let data = match h.dtype {
-            NpyDType::Num(DType::F64) => NpyData::F64(num::<8, f64>(
-                raw,
-                h.little_endian,
-                f64::from_le_bytes,
-                f64::from_be_bytes,
-            )),
-            NpyDType::Num(DType::I64) => NpyData::I64(num::<8, i64>(
-                raw,
-                h.little_endian,
-                i64::from_le_bytes,
-                i64::from_be_bytes,
-            )),
-            NpyDType::Num(DType::I32) => NpyData::I32(num::<4, i32>(
-                raw,
-                h.little_endian,
-                i32::from_le_bytes,
-                i32::from_be_bytes,
-            )),
+            NpyDType::Num(DType::F64) => {
+                NpyData::F64(num::<8, f64>(raw, h.little_endian, f64::from_le_bytes, f64::from_be_bytes))
+            }
+            NpyDType::Num(DType::I64) => {
+                NpyData::I64(num::<8, i64>(raw, h.little_endian, i64::from_le_bytes, i64::from_be_bytes))
+            }
+            NpyDType::Num(DType::I32) => {
+                NpyData::I32(num::<4, i32>(raw, h.little_endian, i32::from_le_bytes, i32::from_be_bytes))
+            }
             NpyDType::Num(DType::U8) => NpyData::U8(raw.to_vec()),
             NpyDType::Num(dt @ (DType::U64 | DType::U32)) => {
                 let mut v = vec![0f64; n];
                 for (o, c) in v.iter_mut().zip(raw.chunks_exact(dt.size())) {
                     *o = match (dt, h.little_endian) {
-                        (DType::U64, true) => {
-                            u64::from_le_bytes(c.try_into().expect("8 bytes")) as f64
-                        }
-                        (DType::U64, false) => {
-                            u64::from_be_bytes(c.try_into().expect("8 bytes")) as f64
-                        }
+                        (DType::U64, true) => u64::from_le_bytes(c.try_into().expect("8 bytes")) as f64,
+                        (DType::U64, false) => u64::from_be_bytes(c.try_into().expect("8 bytes")) as f64,
                         (_, true) => u32::from_le_bytes(c.try_into().expect("4 bytes")) as f64,
                         (_, false) => u32::from_be_bytes(c.try_into().expect("4 bytes")) as f64,
                     };
@@ -384,11 +350,7 @@ impl NpyArray {
                         .chunks_exact(4)
                         .map(|c| {
                             let b = [c[0], c[1], c[2], c[3]];
-                            if h.little_endian {
-                                u32::from_le_bytes(b)
-                            } else {
-                                u32::from_be_bytes(b)
-                            }
+                            if h.little_endian { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }
                         })
                         .take_while(|&u| u != 0)
                         .map(|u| char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER))
@@ -424,12 +386,7 @@ impl NpyArray {
     }
 }
 
-fn num<const N: usize, T>(
-    raw: &[u8],
-    le: bool,
-    from_le: fn([u8; N]) -> T,
-    from_be: fn([u8; N]) -> T,
-) -> Vec<T> {
+fn num<const N: usize, T>(raw: &[u8], le: bool, from_le: fn([u8; N]) -> T, from_be: fn([u8; N]) -> T) -> Vec<T> {
     raw.chunks_exact(N)
         .map(|c| {
             let b: [u8; N] = c.try_into().expect("chunk of N bytes");
@@ -498,21 +455,17 @@ pub fn write_npy(path: impl AsRef<Path>, array: &NpyArray) -> Result<()> {
 pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<(String, NpyArray)>> {
     let path = path.as_ref();
     let f = std::fs::File::open(path).at(path)?;
-    let mut zip =
-        zip::ZipArchive::new(f).map_err(|e| Error::malformed(path, "NPZ", e.to_string()))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::malformed(path, "NPZ", e.to_string()))?;
     let mut out = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
-        let mut member =
-            zip.by_index(i).map_err(|e| Error::malformed(path, "NPZ", e.to_string()))?;
+        let mut member = zip.by_index(i).map_err(|e| Error::malformed(path, "NPZ", e.to_string()))?;
         let name = member
             .name()
             .map_err(|e| Error::malformed(path, "NPZ", e.to_string()))?
             .trim_end_matches(".npy")
             .to_string();
         let mut bytes = Vec::with_capacity(member.size() as usize);
-        member
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::malformed(path, "NPZ", format!("member {name}: {e}")))?;
+        member.read_to_end(&mut bytes).map_err(|e| Error::malformed(path, "NPZ", format!("member {name}: {e}")))?;
         let member_path = path.join(&name);
         let arr = NpyArray::decode(&member_path, &bytes)
             .map_err(|e| Error::malformed(path, "NPZ", format!("member {name}: {e}")))?;
@@ -533,18 +486,13 @@ pub fn write_npz(path: impl AsRef<Path>, entries: &[(&str, NpyArray)]) -> Result
         zip.write_all(&arr.encode()).at(af.tmp_path())?;
     }
     let w = zip.finish().map_err(|e| zip_err(af.tmp_path(), e))?;
-    w.into_inner()
-        .map_err(|e| Error::io(af.tmp_path(), e.into_error()))?
-        .sync_data()
-        .at(af.tmp_path())?;
+    w.into_inner().map_err(|e| Error::io(af.tmp_path(), e.into_error()))?.sync_data().at(af.tmp_path())?;
     af.commit()?;
     Ok(())
 }
 
 fn zip_options() -> zip::write::SimpleFileOptions {
-    zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored)
-        .large_file(true)
+    zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true)
 }
 
 fn zip_err(path: &Path, e: zip::result::ZipError) -> Error {
@@ -573,10 +521,9 @@ fn movie_layout(path: &Path, h: &NpyHeader, dims_hint: Option<Dims>) -> Result<(
             (Shape::new(s[1], dims), layout)
         }
         // A single image, as CaImAn loads a 2-D array without a shape.
-        (2, None) => (
-            Shape::new(1, Dims::planar(s[0], s[1])),
-            if h.fortran_order { Layout::FramesF } else { Layout::FramesC },
-        ),
+        (2, None) => {
+            (Shape::new(1, Dims::planar(s[0], s[1])), if h.fortran_order { Layout::FramesF } else { Layout::FramesC })
+        }
         (3, _) => (
             Shape::new(s[0], Dims::planar(s[1], s[2])),
             if h.fortran_order { Layout::PixelMajorF } else { Layout::FramesC },
@@ -589,9 +536,7 @@ fn movie_layout(path: &Path, h: &NpyHeader, dims_hint: Option<Dims>) -> Result<(
             return Err(Error::unsupported(
                 path,
                 "NPY",
-                format!(
-                    "a {n}-D array is not a movie (expected T×d1×d2, T×d1×d2×d3, or d×T with a frame size)"
-                ),
+                format!("a {n}-D array is not a movie (expected T×d1×d2, T×d1×d2×d3, or d×T with a frame size)"),
             ));
         }
     };
@@ -611,24 +556,11 @@ impl NpySource {
         let map = map_file(path)?;
         let h = parse_header(path, &map)?;
         let NpyDType::Num(dtype) = h.dtype else {
-            return Err(Error::unsupported(
-                path,
-                "NPY",
-                format!("a {:?} array is not a movie", h.dtype),
-            ));
+            return Err(Error::unsupported(path, "NPY", format!("a {:?} array is not a movie", h.dtype)));
         };
         let (shape, layout) = movie_layout(path, &h, dims)?;
         let file_bytes = map.len() as u64;
-        let raw = RawMovie::new(
-            path,
-            "NPY",
-            Bytes::Mapped(map),
-            h.data_offset,
-            shape,
-            dtype,
-            h.little_endian,
-            layout,
-        )?;
+        let raw = RawMovie::new(path, "NPY", Bytes::Mapped(map), h.data_offset, shape, dtype, h.little_endian, layout)?;
         let info = SourceInfo {
             path: path.to_path_buf(),
             format: Format::Npy,
@@ -636,11 +568,7 @@ impl NpySource {
             dtype,
             file_bytes,
             fr: None,
-            detail: format!(
-                "shape {:?}, {} order",
-                h.shape,
-                if h.fortran_order { "Fortran" } else { "C" }
-            ),
+            detail: format!("shape {:?}, {} order", h.shape, if h.fortran_order { "Fortran" } else { "C" }),
         };
         Ok(NpySource { raw, info })
     }
@@ -670,10 +598,8 @@ impl NpzSource {
     pub fn open(path: &Path) -> Result<Self> {
         let f = std::fs::File::open(path).at(path)?;
         let file_bytes = f.metadata().at(path)?.len();
-        let mut zip =
-            zip::ZipArchive::new(f).map_err(|e| Error::malformed(path, "NPZ", e.to_string()))?;
-        let names: Vec<String> =
-            zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
+        let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::malformed(path, "NPZ", e.to_string()))?;
+        let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
         let mut scalar = |name: &str| -> Option<f64> {
             let mut m = zip.by_name(name).ok()?;
             let mut b = Vec::new();
@@ -687,25 +613,21 @@ impl NpzSource {
             found: names.join(", "),
         })?;
         let (bytes, base) = if member.compression() == zip::CompressionMethod::Stored {
-            let start = member.data_start().ok_or_else(|| {
-                Error::malformed(path, "NPZ", "member input_arr has no data offset")
-            })? as usize;
+            let start = member
+                .data_start()
+                .ok_or_else(|| Error::malformed(path, "NPZ", "member input_arr has no data offset"))?
+                as usize;
             let len = member.size() as usize;
             drop(member);
             let map = map_file(path)?;
             if start + len > map.len() {
-                return Err(Error::malformed(
-                    path,
-                    "NPZ",
-                    "member input_arr runs past the end of the file",
-                ));
+                return Err(Error::malformed(path, "NPZ", "member input_arr runs past the end of the file"));
             }
             (Bytes::Mapped(map), Some((start, len)))
         } else {
             let mut m = member;
             let mut v = Vec::with_capacity(m.size() as usize);
-            m.read_to_end(&mut v)
-                .map_err(|e| Error::malformed(path, "NPZ", format!("member input_arr: {e}")))?;
+            m.read_to_end(&mut v).map_err(|e| Error::malformed(path, "NPZ", format!("member input_arr: {e}")))?;
             (Bytes::Owned(v), None)
         };
         let (start, len) = base.unwrap_or((
@@ -766,12 +688,7 @@ fn shape_vec(shape: Shape) -> Vec<usize> {
     if d.d3 == 1 { vec![shape.frames, d.d1, d.d2] } else { vec![shape.frames, d.d1, d.d2, d.d3] }
 }
 
-fn write_f32s(
-    w: &mut impl Write,
-    path: &Path,
-    frames: &[f32],
-    scratch: &mut Vec<u8>,
-) -> Result<()> {
+fn write_f32s(w: &mut impl Write, path: &Path, frames: &[f32], scratch: &mut Vec<u8>) -> Result<()> {
     scratch.clear();
     scratch.extend(frames.iter().flat_map(|v| v.to_le_bytes()));
     w.write_all(scratch).at(path)
@@ -831,13 +748,7 @@ impl NpzWriter {
         let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 20, file.create_file()?));
         zip.start_file("input_arr.npy", zip_options()).map_err(|e| zip_err(file.tmp_path(), e))?;
         zip.write_all(&header_bytes("<f4", false, &shape_vec(shape))).at(file.tmp_path())?;
-        Ok(NpzWriter {
-            file,
-            zip,
-            count: FrameCounter::new(shape),
-            fr: opts.fr,
-            scratch: Vec::new(),
-        })
+        Ok(NpzWriter { file, zip, count: FrameCounter::new(shape), fr: opts.fr, scratch: Vec::new() })
     }
 }
 
@@ -855,12 +766,7 @@ impl MovieWriter for NpzWriter {
         let mut me = *self;
         me.count.check_complete(me.file.dest())?;
         let tmp = me.file.tmp_path().to_path_buf();
-        let stem = me
-            .file
-            .dest()
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = me.file.dest().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let members = [
             ("start_time", NpyArray::f64(Vec::new(), vec![0.0])),
             ("fr", NpyArray::f64(Vec::new(), vec![me.fr])),
@@ -868,9 +774,7 @@ impl MovieWriter for NpzWriter {
             ("file_name", NpyArray::strings(vec![1], vec![stem])),
         ];
         for (name, arr) in members {
-            me.zip
-                .start_file(format!("{name}.npy"), zip_options())
-                .map_err(|e| zip_err(&tmp, e))?;
+            me.zip.start_file(format!("{name}.npy"), zip_options()).map_err(|e| zip_err(&tmp, e))?;
             me.zip.write_all(&arr.encode()).at(&tmp)?;
         }
         let w = me.zip.finish().map_err(|e| zip_err(&tmp, e))?;

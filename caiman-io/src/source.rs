@@ -128,17 +128,12 @@ pub trait FrameSource: Send {
 }
 
 /// Validate a read request; returns the number of frames it asks for.
-pub(crate) fn check_request(
-    info: &SourceInfo,
-    start: usize,
-    step: usize,
-    buf_len: usize,
-) -> Result<usize> {
+pub(crate) fn check_request(info: &SourceInfo, start: usize, step: usize, buf_len: usize) -> Result<usize> {
     let d = info.shape.dims.pixels();
     if step == 0 {
         return Err(Error::invalid(&info.path, "frame step must be at least 1"));
     }
-    if d == 0 || buf_len % d != 0 {
+    if d == 0 || !buf_len.is_multiple_of(d) {
         return Err(Error::invalid(
             &info.path,
             format!("buffer of {buf_len} values is not a whole number of {d}-pixel frames"),
@@ -265,14 +260,10 @@ impl FrameSource for ChainSource {
 pub fn read_movie(src: &mut dyn FrameSource, range: std::ops::Range<usize>) -> Result<Movie> {
     let info = src.info();
     if range.start > range.end || range.end > info.shape.frames {
-        return Err(Error::invalid(
-            &info.path,
-            format!("frame range {range:?} outside 0..{}", info.shape.frames),
-        ));
+        return Err(Error::invalid(&info.path, format!("frame range {range:?} outside 0..{}", info.shape.frames)));
     }
     let shape = Shape::new(range.len(), info.shape.dims);
-    let meta =
-        MovieMeta { fr: info.fr.unwrap_or(30.0), start_time: 0.0, source: Some(info.path.clone()) };
+    let meta = MovieMeta { fr: info.fr.unwrap_or(30.0), start_time: 0.0, source: Some(info.path.clone()) };
     let mut movie = Movie::zeros(shape).with_meta(meta);
     src.read_frames(range.start, movie.as_slice_mut())?;
     Ok(movie)

@@ -70,6 +70,7 @@ const CHUNK_VALUES: usize = 1 << 20;
 
 /// TIFF tags this module reads or writes.
 mod tag {
+    pub(super) const NEW_SUBFILE_TYPE: u16 = 254;
     pub(super) const IMAGE_WIDTH: u16 = 256;
     pub(super) const IMAGE_LENGTH: u16 = 257;
     pub(super) const BITS_PER_SAMPLE: u16 = 258;
@@ -319,9 +320,7 @@ impl TiffFile {
         self.read_at(offset, &mut b[..cl], || format!("IFD of page {page}"))?;
         let n = if h.big { h.u64(&b) } else { u64::from(h.u16(&b)) };
         if n == 0 || n > MAX_ENTRIES {
-            return Err(
-                self.malformed(format!("IFD of page {page} at byte {offset} declares {n} entries"))
-            );
+            return Err(self.malformed(format!("IFD of page {page} at byte {offset} declares {n} entries")));
         }
         let end = offset + h.count_len() + n * h.entry_len() + h.offset_len();
         if end > self.len {
@@ -339,9 +338,7 @@ impl TiffFile {
         let n = self.entry_count(offset, page)?;
         let at = offset + h.count_len() + n * h.entry_len();
         let mut b = [0u8; 8];
-        self.read_at(at, &mut b[..h.offset_len() as usize], || {
-            format!("next-IFD pointer of page {page}")
-        })?;
+        self.read_at(at, &mut b[..h.offset_len() as usize], || format!("next-IFD pointer of page {page}"))?;
         Ok(h.offset(&b))
     }
 
@@ -385,11 +382,8 @@ impl TiffFile {
         ifd.reset(offset);
         ifd.next = h.offset(&raw[n as usize * el..]);
         for e in raw[..n as usize * el].chunks_exact(el) {
-            let (count, field) = if h.big {
-                (h.u64(&e[4..12]), &e[12..20])
-            } else {
-                (u64::from(h.u32(&e[4..8])), &e[8..12])
-            };
+            let (count, field) =
+                if h.big { (h.u64(&e[4..12]), &e[12..20]) } else { (u64::from(h.u32(&e[4..8])), &e[8..12]) };
             let mut f = [0u8; 8];
             f[..field.len()].copy_from_slice(field);
             let entry = Entry { tag: h.u16(&e[0..2]), typ: h.u16(&e[2..4]), count, field: f };
@@ -404,12 +398,8 @@ impl TiffFile {
                 tag::ROWS_PER_STRIP => ifd.rows_per_strip = self.first_uint(&entry, page)?,
                 tag::PLANAR_CONFIGURATION => {}
                 tag::TILE_WIDTH | tag::TILE_LENGTH | tag::TILE_OFFSETS => ifd.tiled = true,
-                tag::STRIP_OFFSETS => {
-                    self.uints(&entry, page, &mut bufs.values, &mut ifd.strip_offsets)?
-                }
-                tag::STRIP_BYTE_COUNTS => {
-                    self.uints(&entry, page, &mut bufs.values, &mut ifd.strip_counts)?
-                }
+                tag::STRIP_OFFSETS => self.uints(&entry, page, &mut bufs.values, &mut ifd.strip_offsets)?,
+                tag::STRIP_BYTE_COUNTS => self.uints(&entry, page, &mut bufs.values, &mut ifd.strip_counts)?,
                 tag::IMAGE_DESCRIPTION
                     if want_description
                         && matches!(entry.typ, ty::ASCII | ty::BYTE | ty::UNDEFINED)
@@ -448,9 +438,7 @@ impl TiffFile {
     fn uints(&self, e: &Entry, page: usize, buf: &mut Vec<u8>, out: &mut Vec<u64>) -> Result<()> {
         let size = self.uint_size(e, page)?;
         if e.count > MAX_STRIPS {
-            return Err(
-                self.malformed(format!("tag {} of page {page} declares {} values", e.tag, e.count))
-            );
+            return Err(self.malformed(format!("tag {} of page {page} declares {} values", e.tag, e.count)));
         }
         self.entry_bytes(e, page, size, buf)?;
         let h = self.hdr;
@@ -475,9 +463,7 @@ impl TiffFile {
             b = e.field;
         } else {
             let at = self.hdr.offset(&e.field);
-            self.read_at(at, &mut b[..size as usize], || {
-                format!("value of tag {} of page {page}", e.tag)
-            })?;
+            self.read_at(at, &mut b[..size as usize], || format!("value of tag {} of page {page}", e.tag))?;
         }
         let h = self.hdr;
         Ok(match size {
@@ -490,8 +476,7 @@ impl TiffFile {
 
     fn first_u16(&self, e: &Entry, page: usize) -> Result<u16> {
         let v = self.first_uint(e, page)?;
-        u16::try_from(v)
-            .map_err(|_| self.malformed(format!("tag {} of page {page} has value {v}", e.tag)))
+        u16::try_from(v).map_err(|_| self.malformed(format!("tag {} of page {page} has value {v}", e.tag)))
     }
 
     /// Bytes per value of an unsigned-integer entry.
@@ -501,10 +486,8 @@ impl TiffFile {
             ty::SHORT => Ok(2),
             ty::LONG | ty::IFD => Ok(4),
             ty::LONG8 | ty::IFD8 => Ok(8),
-            t => Err(self.malformed(format!(
-                "tag {} of page {page} has field type {t}, expected an unsigned integer",
-                e.tag
-            ))),
+            t => Err(self
+                .malformed(format!("tag {} of page {page} has field type {t}, expected an unsigned integer", e.tag))),
         }
     }
 
@@ -523,20 +506,12 @@ impl TiffFile {
             ))
         })?;
         if ifd.width == 0 || ifd.height == 0 {
-            return Err(
-                self.malformed(format!("page {page} is {}×{} pixels", ifd.height, ifd.width))
-            );
+            return Err(self.malformed(format!("page {page} is {}×{} pixels", ifd.height, ifd.width)));
         }
         let (width, height) = match (usize::try_from(ifd.width), usize::try_from(ifd.height)) {
-            (Ok(w), Ok(h))
-                if w.checked_mul(h).and_then(|p| p.checked_mul(8)).is_some_and(|b| b < 1 << 48) =>
-            {
-                (w, h)
-            }
+            (Ok(w), Ok(h)) if w.checked_mul(h).and_then(|p| p.checked_mul(8)).is_some_and(|b| b < 1 << 48) => (w, h),
             _ => {
-                return Err(
-                    self.malformed(format!("page {page} is {}×{} pixels", ifd.height, ifd.width))
-                );
+                return Err(self.malformed(format!("page {page} is {}×{} pixels", ifd.height, ifd.width)));
             }
         };
         Ok(PageFormat { width, height, dtype })
@@ -544,13 +519,7 @@ impl TiffFile {
 
     /// Byte runs `(offset, len)` holding an uncompressed page's pixels, in order; adjacent strips
     /// are merged.
-    fn strip_runs(
-        &self,
-        ifd: &Ifd,
-        fmt: &PageFormat,
-        page: usize,
-        runs: &mut Vec<(u64, u64)>,
-    ) -> Result<()> {
+    fn strip_runs(&self, ifd: &Ifd, fmt: &PageFormat, page: usize, runs: &mut Vec<(u64, u64)>) -> Result<()> {
         runs.clear();
         let height = fmt.height as u64;
         let row_bytes = (fmt.width * fmt.dtype.size()) as u64;
@@ -560,10 +529,8 @@ impl TiffFile {
         let rps = ifd.rows_per_strip.min(height);
         let strips = height.div_ceil(rps);
         if (ifd.strip_offsets.len() as u64) < strips {
-            return Err(self.malformed(format!(
-                "page {page} has {} strip offsets for {strips} strips",
-                ifd.strip_offsets.len()
-            )));
+            return Err(self
+                .malformed(format!("page {page} has {} strip offsets for {strips} strips", ifd.strip_offsets.len())));
         }
         for j in 0..strips {
             let rows = rps.min(height - j * rps);
@@ -571,9 +538,7 @@ impl TiffFile {
             if let Some(&count) = ifd.strip_counts.get(j as usize)
                 && count < bytes
             {
-                return Err(self.malformed(format!(
-                    "strip {j} of page {page} holds {count} bytes, expected {bytes}"
-                )));
+                return Err(self.malformed(format!("strip {j} of page {page} holds {count} bytes, expected {bytes}")));
             }
             let off = ifd.strip_offsets[j as usize];
             if off.checked_add(bytes).is_none_or(|end| end > self.len) {
@@ -604,9 +569,7 @@ fn read_header(file: &File, path: &Path, len: u64) -> Result<Header> {
         b"II" => true,
         b"MM" => false,
         other => {
-            return Err(malformed(format!(
-                "not a TIFF file: starts with {other:02x?}, not II or MM"
-            )));
+            return Err(malformed(format!("not a TIFF file: starts with {other:02x?}, not II or MM")));
         }
     };
     let mut hdr = Header { le, big: false, first_ifd: 0 };
@@ -623,9 +586,7 @@ fn read_header(file: &File, path: &Path, len: u64) -> Result<Header> {
             hdr.first_ifd = hdr.u64(&b[8..16]);
         }
         v => {
-            return Err(malformed(format!(
-                "not a TIFF file: version {v}, expected 42 (TIFF) or 43 (BigTIFF)"
-            )));
+            return Err(malformed(format!("not a TIFF file: version {v}, expected 42 (TIFF) or 43 (BigTIFF)")));
         }
     }
     Ok(hdr)
@@ -639,13 +600,7 @@ fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
 }
 
 /// Read `out.len()` values of `dtype` stored contiguously from byte `offset` into `out`.
-fn read_values(
-    tf: &TiffFile,
-    offset: u64,
-    dtype: DType,
-    scratch: &mut Vec<u8>,
-    out: &mut [f32],
-) -> Result<()> {
+fn read_values(tf: &TiffFile, offset: u64, dtype: DType, scratch: &mut Vec<u8>, out: &mut [f32]) -> Result<()> {
     let le = tf.hdr.le;
     if dtype == DType::F32 {
         tf.read_at(offset, f32_bytes_mut(out), || "pixel data".into())?;
@@ -712,15 +667,10 @@ impl<'a> PageReader<'a> {
         let header_len = if h.big {
             header[2..4].copy_from_slice(&u16b(43));
             header[4..6].copy_from_slice(&u16b(8));
-            header[8..16].copy_from_slice(&if h.le {
-                ifd.to_le_bytes()
-            } else {
-                ifd.to_be_bytes()
-            });
+            header[8..16].copy_from_slice(&if h.le { ifd.to_le_bytes() } else { ifd.to_be_bytes() });
             16
         } else {
-            let ifd = u32::try_from(ifd)
-                .map_err(|_| tf.malformed(format!("IFD offset {ifd} in a classic TIFF")))?;
+            let ifd = u32::try_from(ifd).map_err(|_| tf.malformed(format!("IFD offset {ifd} in a classic TIFF")))?;
             header[2..4].copy_from_slice(&u16b(42));
             header[4..8].copy_from_slice(&if h.le { ifd.to_le_bytes() } else { ifd.to_be_bytes() });
             8
@@ -751,9 +701,8 @@ impl Seek for PageReader<'_> {
             SeekFrom::End(d) => self.len.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = new.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file")
-        })?;
+        self.pos =
+            new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file"))?;
         Ok(self.pos)
     }
 }
@@ -761,12 +710,8 @@ impl Seek for PageReader<'_> {
 /// A `tiff` crate error as ours.
 fn tiff_error(path: &Path, page: usize, e: tiff::TiffError) -> Error {
     match e {
-        tiff::TiffError::IoError(io) if io.kind() != io::ErrorKind::UnexpectedEof => {
-            Error::io(path, io)
-        }
-        tiff::TiffError::UnsupportedError(u) => {
-            Error::unsupported(path, FORMAT, format!("page {page}: {u}"))
-        }
+        tiff::TiffError::IoError(io) if io.kind() != io::ErrorKind::UnexpectedEof => Error::io(path, io),
+        tiff::TiffError::UnsupportedError(u) => Error::unsupported(path, FORMAT, format!("page {page}: {u}")),
         other => Error::malformed(path, FORMAT, format!("page {page}: {other}")),
     }
 }
@@ -785,14 +730,10 @@ fn decode_page(
         return Err(tf.unsupported(format!("page {page}: compressed WhiteIsZero pages")));
     }
     let err = |e| tiff_error(&tf.path, page, e);
-    let mut dec = Decoder::new(PageReader::new(tf, ifd.offset)?)
-        .map_err(err)?
-        .with_limits(Limits::unlimited());
+    let mut dec = Decoder::new(PageReader::new(tf, ifd.offset)?).map_err(err)?.with_limits(Limits::unlimited());
     let (w, h) = dec.dimensions().map_err(err)?;
     if (w as usize, h as usize) != (fmt.width, fmt.height) {
-        return Err(tf.malformed(format!(
-            "page {page}: the tiff decoder sees {h}×{w} pixels, the IFD {fmt}"
-        )));
+        return Err(tf.malformed(format!("page {page}: the tiff decoder sees {h}×{w} pixels, the IFD {fmt}")));
     }
     dec.read_image_to_buffer(decoded).map_err(err)?;
     macro_rules! cast {
@@ -875,20 +816,13 @@ impl Description {
         let shape = if t.starts_with('{') {
             serde_json::from_str::<serde_json::Value>(t).ok().and_then(|v| {
                 fr = positive(v.get("fps").and_then(serde_json::Value::as_f64));
-                v.get("shape")?
-                    .as_array()?
-                    .iter()
-                    .map(serde_json::Value::as_u64)
-                    .collect::<Option<Vec<u64>>>()
+                v.get("shape")?.as_array()?.iter().map(serde_json::Value::as_u64).collect::<Option<Vec<u64>>>()
             })
         } else if let Some(rest) = t.strip_prefix("shape=(") {
             // Old tifffile: `shape=(7, 10, 13)`.
-            rest.split(')').next().and_then(|s| {
-                s.split(',')
-                    .filter(|p| !p.trim().is_empty())
-                    .map(|p| p.trim().parse().ok())
-                    .collect()
-            })
+            rest.split(')')
+                .next()
+                .and_then(|s| s.split(',').filter(|p| !p.trim().is_empty()).map(|p| p.trim().parse().ok()).collect())
         } else {
             None
         };
@@ -920,11 +854,8 @@ impl Description {
             }
         }
         let lead = &s[..s.len() - 2];
-        let lead: Vec<u64> = if lead.len() <= 2 {
-            lead.to_vec()
-        } else {
-            lead.iter().copied().filter(|&x| x != 1).collect()
-        };
+        let lead: Vec<u64> =
+            if lead.len() <= 2 { lead.to_vec() } else { lead.iter().copied().filter(|&x| x != 1).collect() };
         let too_big = || tf.malformed(format!("series shape {shape:?} is too large"));
         let (pages, planes) = match lead[..] {
             [] => (1, None),
@@ -939,12 +870,7 @@ impl Description {
         };
         let pages = usize::try_from(pages).map_err(|_| too_big())?;
         let planes = planes.map(|p| usize::try_from(p).map_err(|_| too_big())).transpose()?;
-        Ok(Description {
-            pages: Some(pages),
-            planes,
-            fr: None,
-            kind: Some(DescriptionKind::Tifffile),
-        })
+        Ok(Description { pages: Some(pages), planes, fr: None, kind: Some(DescriptionKind::Tifffile) })
     }
 
     /// ImageJ's `key=value` lines.
@@ -973,9 +899,7 @@ impl Description {
         if let (Some(n), Some(_)) = (images, planes)
             && slices.checked_mul(frames) != Some(n)
         {
-            return Err(tf.malformed(format!(
-                "ImageJ description has images={n} but slices={slices} frames={frames}"
-            )));
+            return Err(tf.malformed(format!("ImageJ description has images={n} but slices={slices} frames={frames}")));
         }
         let fr = positive(finterval).map(|f| 1.0 / f).or(positive(fps));
         Ok(Description { pages: images, planes, fr, kind: Some(DescriptionKind::ImageJ) })
@@ -1017,14 +941,7 @@ impl Regular {
     }
 
     /// Whether page `k`'s own IFD agrees with the prediction (`ifd`, `runs`: scratch).
-    fn verify(
-        &self,
-        tf: &TiffFile,
-        k: usize,
-        n_pages: usize,
-        fmt: &PageFormat,
-        scratch: &mut PageScratch,
-    ) -> bool {
+    fn verify(&self, tf: &TiffFile, k: usize, n_pages: usize, fmt: &PageFormat, scratch: &mut PageScratch) -> bool {
         let PageScratch { bufs, ifd, runs } = scratch;
         let ok = tf.parse_ifd(self.ifd_offset(k), k, false, bufs, ifd).is_ok()
             && ifd.is_plain()
@@ -1049,13 +966,7 @@ enum Pages {
 }
 
 /// Try ImageJ's contiguous layout for `n` pages.
-fn imagej_contiguous(
-    tf: &TiffFile,
-    ifd0: &Ifd,
-    fmt: &PageFormat,
-    n: usize,
-    bufs: &mut IfdBufs,
-) -> Result<Option<u64>> {
+fn imagej_contiguous(tf: &TiffFile, ifd0: &Ifd, fmt: &PageFormat, n: usize, bufs: &mut IfdBufs) -> Result<Option<u64>> {
     if !ifd0.is_plain() {
         return Ok(None);
     }
@@ -1085,13 +996,7 @@ fn imagej_contiguous(
 }
 
 /// Try the regular layout for `n ≥ 3` pages.
-fn try_regular(
-    tf: &TiffFile,
-    ifd0: &Ifd,
-    fmt: &PageFormat,
-    n: usize,
-    bufs: &mut IfdBufs,
-) -> Result<Option<Regular>> {
+fn try_regular(tf: &TiffFile, ifd0: &Ifd, fmt: &PageFormat, n: usize, bufs: &mut IfdBufs) -> Result<Option<Regular>> {
     if n < 3 || !ifd0.is_plain() {
         return Ok(None);
     }
@@ -1099,16 +1004,14 @@ fn try_regular(
     tf.strip_runs(ifd0, fmt, 0, &mut runs0)?;
     let (mut ifd1, mut ifd2) = (Ifd::default(), Ifd::default());
     let (mut runs1, mut runs2) = (Vec::new(), Vec::new());
-    let plain_page =
-        |off: u64, k: usize, ifd: &mut Ifd, runs: &mut Vec<(u64, u64)>, bufs: &mut IfdBufs| {
-            off != 0
-                && tf.parse_ifd(off, k, false, bufs, ifd).is_ok()
-                && ifd.is_plain()
-                && tf.page_format(ifd, k).ok() == Some(*fmt)
-                && tf.strip_runs(ifd, fmt, k, runs).is_ok()
-        };
-    if !plain_page(ifd0.next, 1, &mut ifd1, &mut runs1, bufs)
-        || !plain_page(ifd1.next, 2, &mut ifd2, &mut runs2, bufs)
+    let plain_page = |off: u64, k: usize, ifd: &mut Ifd, runs: &mut Vec<(u64, u64)>, bufs: &mut IfdBufs| {
+        off != 0
+            && tf.parse_ifd(off, k, false, bufs, ifd).is_ok()
+            && ifd.is_plain()
+            && tf.page_format(ifd, k).ok() == Some(*fmt)
+            && tf.strip_runs(ifd, fmt, k, runs).is_ok()
+    };
+    if !plain_page(ifd0.next, 1, &mut ifd1, &mut runs1, bufs) || !plain_page(ifd1.next, 2, &mut ifd2, &mut runs2, bufs)
     {
         return Ok(None);
     }
@@ -1135,14 +1038,8 @@ fn try_regular(
     if last_ifd.is_none_or(|o| o >= tf.len) || last_data.is_none_or(|e| e > tf.len) {
         return Ok(None);
     }
-    let mut reg = Regular {
-        runs0,
-        ifd1: ifd1.offset,
-        ifd_stride,
-        runs1,
-        data_stride,
-        checked: vec![0; n.div_ceil(64)],
-    };
+    let mut reg =
+        Regular { runs0, ifd1: ifd1.offset, ifd_stride, runs1, data_stride, checked: vec![0; n.div_ceil(64)] };
     let mut scratch = PageScratch::default();
     if !reg.verify(tf, n - 1, n, fmt, &mut scratch) {
         return Ok(None);
@@ -1206,9 +1103,7 @@ impl TiffSource {
             (Some(p), Some(q)) if p != q => {
                 return Err(Error::invalid(
                     path,
-                    format!(
-                        "{p} planes per volume requested, but the file describes volumes of {q} pages"
-                    ),
+                    format!("{p} planes per volume requested, but the file describes volumes of {q} pages"),
                 ));
             }
             (Some(p), _) => p,
@@ -1218,9 +1113,7 @@ impl TiffSource {
         let (n_pages, pages, layout) = match desc.pages {
             Some(0) => return Err(Error::Empty { path: path.to_path_buf() }),
             Some(n) if n as u64 > len => {
-                return Err(
-                    tf.malformed(format!("description claims {n} pages in a file of {len} bytes"))
-                );
+                return Err(tf.malformed(format!("description claims {n} pages in a file of {len} bytes")));
             }
             Some(n) => {
                 let contiguous = if desc.kind == Some(DescriptionKind::ImageJ) {
@@ -1235,10 +1128,9 @@ impl TiffSource {
                 } else {
                     let ifds = tf.walk(Some(n))?;
                     if ifds.len() < n {
-                        return Err(tf.malformed(format!(
-                            "description says {n} pages but the IFD chain has {}",
-                            ifds.len()
-                        )));
+                        return Err(
+                            tf.malformed(format!("description says {n} pages but the IFD chain has {}", ifds.len()))
+                        );
                     }
                     (n, Pages::Chain(ifds), "1 IFD/page")
                 }
@@ -1249,13 +1141,8 @@ impl TiffSource {
             }
         };
         if !n_pages.is_multiple_of(pages_per_frame) {
-            let msg =
-                format!("{n_pages} pages do not make whole volumes of {pages_per_frame} pages");
-            return Err(if planes.is_some() {
-                Error::invalid(path, msg)
-            } else {
-                tf.malformed(msg)
-            });
+            let msg = format!("{n_pages} pages do not make whole volumes of {pages_per_frame} pages");
+            return Err(if planes.is_some() { Error::invalid(path, msg) } else { tf.malformed(msg) });
         }
         let dims = if pages_per_frame > 1 || desc.planes.is_some() {
             Dims::volume(pages_per_frame, fmt.height, fmt.width)
@@ -1310,18 +1197,10 @@ impl TiffSource {
             if k == 0 {
                 return read_runs(&self.tf, &reg.runs0, 0, self.fmt.dtype, &mut self.scratch, out);
             }
-            let ok = reg.is_checked(k)
-                || reg.verify(&self.tf, k, self.n_pages, &self.fmt, &mut self.page);
+            let ok = reg.is_checked(k) || reg.verify(&self.tf, k, self.n_pages, &self.fmt, &mut self.page);
             if ok {
                 reg.set_checked(k);
-                return read_runs(
-                    &self.tf,
-                    &reg.runs1,
-                    reg.shift(k),
-                    self.fmt.dtype,
-                    &mut self.scratch,
-                    out,
-                );
+                return read_runs(&self.tf, &reg.runs1, reg.shift(k), self.fmt.dtype, &mut self.scratch, out);
             }
             tracing::warn!(path = %self.tf.path.display(), page = k, "TIFF layout is not regular after all; walking the IFD chain");
             let ifds = self.tf.walk(Some(self.n_pages))?;
@@ -1344,9 +1223,7 @@ impl TiffSource {
                 self.tf.parse_ifd(ifds[k], k, false, bufs, ifd)?;
                 let fmt = self.tf.page_format(ifd, k)?;
                 if fmt != self.fmt {
-                    return Err(self
-                        .tf
-                        .malformed(format!("page {k} is {fmt} but page 0 is {}", self.fmt)));
+                    return Err(self.tf.malformed(format!("page {k} is {fmt} but page 0 is {}", self.fmt)));
                 }
                 if ifd.is_plain() {
                     self.tf.strip_runs(ifd, &fmt, k, runs)?;
@@ -1411,17 +1288,16 @@ struct WritePlan {
     ifd_len: u64,
 }
 
-/// Tags in IFD 0 (with the description) and in the other IFDs.
+/// Tags written in IFD 0 (which also holds the description).
 const TAGS_PAGE0: u64 = 13;
+/// Tags written in the IFDs of the other pages.
 const TAGS_OTHER: u64 = 12;
 
 impl WritePlan {
     fn new(path: &Path, shape: Shape, opts: &WriteOptions, description: &str) -> Result<WritePlan> {
         let d = shape.dims;
-        let (pages_per_frame, height, width) =
-            if d.d3 > 1 { (d.d1, d.d2, d.d3) } else { (1, d.d1, d.d2) };
-        let too_big =
-            || Error::invalid(path, format!("a {shape} movie is too large for a TIFF file"));
+        let (pages_per_frame, height, width) = if d.d3 > 1 { (d.d1, d.d2, d.d3) } else { (1, d.d1, d.d2) };
+        let too_big = || Error::invalid(path, format!("a {shape} movie is too large for a TIFF file"));
         let (Ok(w), Ok(h)) = (u32::try_from(width), u32::try_from(height)) else {
             return Err(too_big());
         };
@@ -1429,12 +1305,9 @@ impl WritePlan {
             TiffSample::F32 => 4,
             TiffSample::U16 => 2,
         };
-        let pages =
-            (shape.frames as u64).checked_mul(pages_per_frame as u64).ok_or_else(too_big)?;
-        let page_bytes = u64::from(w)
-            .checked_mul(u64::from(h))
-            .and_then(|p| p.checked_mul(sample_bytes))
-            .ok_or_else(too_big)?;
+        let pages = (shape.frames as u64).checked_mul(pages_per_frame as u64).ok_or_else(too_big)?;
+        let page_bytes =
+            u64::from(w).checked_mul(u64::from(h)).and_then(|p| p.checked_mul(sample_bytes)).ok_or_else(too_big)?;
         let plan = |big: bool| -> Option<(WritePlan, u64)> {
             let header = if big { 16 } else { 8 };
             let ifd_size = |n: u64| if big { 16 + 20 * n } else { 6 + 12 * n };
@@ -1477,11 +1350,7 @@ impl WritePlan {
     }
 
     fn ifd_offset(&self, page: u64) -> u64 {
-        if page == 0 {
-            if self.big { 16 } else { 8 }
-        } else {
-            self.tail + (page - 1) * self.ifd_len
-        }
+        if page == 0 { if self.big { 16 } else { 8 } } else { self.tail + (page - 1) * self.ifd_len }
     }
 
     /// The file header.
@@ -1533,7 +1402,7 @@ impl WritePlan {
         } else {
             buf.extend_from_slice(&(n as u16).to_le_bytes());
         }
-        entry(buf, 254, ty::LONG, 1, 0); // NewSubfileType: full-resolution page
+        entry(buf, tag::NEW_SUBFILE_TYPE, ty::LONG, 1, 0); // a full-resolution page
         entry(buf, tag::IMAGE_WIDTH, ty::LONG, 1, u64::from(self.width));
         entry(buf, tag::IMAGE_LENGTH, ty::LONG, 1, u64::from(self.height));
         entry(buf, tag::BITS_PER_SAMPLE, ty::SHORT, 1, bits);
@@ -1625,10 +1494,7 @@ impl TiffWriter {
             return Err(Error::Empty { path: path.to_path_buf() });
         }
         if shape.dims.pixels() == 0 {
-            return Err(Error::invalid(
-                path,
-                format!("cannot write frames of size {}", shape.dims),
-            ));
+            return Err(Error::invalid(path, format!("cannot write frames of size {}", shape.dims)));
         }
         if path.is_dir() {
             return Err(Error::IsDirectory { path: path.to_path_buf() });
@@ -1638,14 +1504,7 @@ impl TiffWriter {
         let file = AtomicFile::new(path)?;
         let mut out = BufWriter::with_capacity(1 << 20, file.create_file()?);
         out.write_all(&plan.head(&description)).at(file.tmp_path())?;
-        Ok(TiffWriter {
-            file,
-            out,
-            count: FrameCounter::new(shape),
-            plan,
-            scratch: Vec::new(),
-            broken: false,
-        })
+        Ok(TiffWriter { file, out, count: FrameCounter::new(shape), plan, scratch: Vec::new(), broken: false })
     }
 
     fn write_values(&mut self, frames: &[f32]) -> io::Result<()> {
@@ -1653,9 +1512,7 @@ impl TiffWriter {
             self.scratch.clear();
             match self.plan.sample {
                 TiffSample::F32 => self.scratch.extend(chunk.iter().flat_map(|v| v.to_le_bytes())),
-                TiffSample::U16 => {
-                    self.scratch.extend(chunk.iter().flat_map(|&v| to_u16(v).to_le_bytes()))
-                }
+                TiffSample::U16 => self.scratch.extend(chunk.iter().flat_map(|&v| to_u16(v).to_le_bytes())),
             }
             self.out.write_all(&self.scratch)?;
         }
@@ -1684,8 +1541,10 @@ impl MovieWriter for TiffWriter {
             return Err(Error::invalid(file.dest(), "an earlier write to this file failed"));
         }
         count.check_complete(file.dest())?;
-        let pad = plan.tail - (plan.data_start + plan.pages * plan.page_bytes);
-        out.write_all(&vec![0; pad as usize]).at(file.tmp_path())?;
+        if plan.pages > 1 {
+            let pad = plan.tail - (plan.data_start + plan.pages * plan.page_bytes);
+            out.write_all(&vec![0; pad as usize]).at(file.tmp_path())?;
+        }
         for page in 1..plan.pages {
             plan.ifd(page, &mut scratch);
             out.write_all(&scratch).at(file.tmp_path())?;

@@ -101,11 +101,7 @@ pub trait MovieWriter: Send {
 }
 
 /// Create a writer for `path`, the format chosen by its extension.
-pub fn create(
-    path: impl AsRef<Path>,
-    shape: Shape,
-    opts: &WriteOptions,
-) -> Result<Box<dyn MovieWriter>> {
+pub fn create(path: impl AsRef<Path>, shape: Shape, opts: &WriteOptions) -> Result<Box<dyn MovieWriter>> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
     if shape.frames == 0 {
@@ -148,21 +144,14 @@ impl FrameCounter {
     /// Account for `values` more values; returns the number of frames they hold.
     pub(crate) fn take(&mut self, path: &Path, values: usize) -> Result<usize> {
         let d = self.shape.dims.pixels();
-        if values % d != 0 {
-            return Err(Error::invalid(
-                path,
-                format!("{values} values are not whole frames of {d} pixels"),
-            ));
+        if !values.is_multiple_of(d) {
+            return Err(Error::invalid(path, format!("{values} values are not whole frames of {d} pixels")));
         }
         let n = values / d;
         if self.written + n > self.shape.frames {
             return Err(Error::invalid(
                 path,
-                format!(
-                    "writing {} frames into a movie of {}",
-                    self.written + n,
-                    self.shape.frames
-                ),
+                format!("writing {} frames into a movie of {}", self.written + n, self.shape.frames),
             ));
         }
         self.written += n;
@@ -201,10 +190,7 @@ impl AtomicFile {
         if !dir.is_dir() {
             return Err(Error::io(
                 dest,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "output directory does not exist",
-                ),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "output directory does not exist"),
             ));
         }
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -215,13 +201,7 @@ impl AtomicFile {
 
     /// Create (truncate) the temporary file for writing.
     pub fn create_file(&self) -> Result<File> {
-        File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.tmp)
-            .at(&self.tmp)
+        File::options().read(true).write(true).create(true).truncate(true).open(&self.tmp).at(&self.tmp)
     }
 
     /// The temporary path being written.
@@ -268,10 +248,7 @@ pub fn copy_frames(
 ) -> Result<()> {
     let info = src.info();
     if range.start > range.end || range.end > info.shape.frames {
-        return Err(Error::invalid(
-            &info.path,
-            format!("frame range {range:?} outside 0..{}", info.shape.frames),
-        ));
+        return Err(Error::invalid(&info.path, format!("frame range {range:?} outside 0..{}", info.shape.frames)));
     }
     let d = info.shape.dims.pixels();
     let chunk = (COPY_CHUNK_BYTES / (4 * d.max(1))).clamp(1, range.len().max(1));

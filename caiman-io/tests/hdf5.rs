@@ -20,21 +20,12 @@ fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(bytes[6], 1, "npy version 1.0");
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-    assert!(
-        header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"),
-        "{header}"
-    );
+    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
     let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let values: Vec<f32> = bytes[10 + hlen..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let shape: Vec<usize> =
+        shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let values: Vec<f32> =
+        bytes[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(values.len(), shape.iter().product::<usize>());
     (shape, values)
 }
@@ -114,21 +105,14 @@ fn caiman_mov_h5_hyperslabs_and_strides() {
     assert_eq!(bits(&two), bits(&expected[5 * d..7 * d]));
     let mut strided = vec![0.0; 3 * d];
     src.read_frames_strided(1, 2, &mut strided).unwrap();
-    let want: Vec<f32> =
-        [1, 3, 5].iter().flat_map(|&t| expected[t * d..(t + 1) * d].to_vec()).collect();
+    let want: Vec<f32> = [1, 3, 5].iter().flat_map(|&t| expected[t * d..(t + 1) * d].to_vec()).collect();
     assert_eq!(bits(&strided), bits(&want));
     // Out of range and wrong buffer sizes are typed errors.
     assert!(matches!(src.read_frames(7, &mut vec![0.0; d]), Err(Error::InvalidRequest { .. })));
     assert!(matches!(src.read_frames(6, &mut vec![0.0; 2 * d]), Err(Error::InvalidRequest { .. })));
     assert!(matches!(src.read_frames(0, &mut vec![0.0; d + 1]), Err(Error::InvalidRequest { .. })));
-    assert!(matches!(
-        src.read_frames_strided(0, 4, &mut vec![0.0; 3 * d]),
-        Err(Error::InvalidRequest { .. })
-    ));
-    assert!(matches!(
-        src.read_frames_strided(0, 0, &mut vec![0.0; d]),
-        Err(Error::InvalidRequest { .. })
-    ));
+    assert!(matches!(src.read_frames_strided(0, 4, &mut vec![0.0; 3 * d]), Err(Error::InvalidRequest { .. })));
+    assert!(matches!(src.read_frames_strided(0, 0, &mut vec![0.0; d]), Err(Error::InvalidRequest { .. })));
     src.read_frames(3, &mut []).unwrap();
 }
 
@@ -137,39 +121,16 @@ fn h5py_written_movies_with_other_types_and_layouts() {
     /// File, dataset name, shape, stored type, frame rate.
     type Case = (&'static str, Option<&'static str>, Shape, caiman_io::DType, Option<f64>);
     let cases: [Case; 4] = [
-        (
-            "h5py_u16_gzip_shuffle.h5",
-            None,
-            Shape::new(11, Dims::planar(9, 7)),
-            caiman_io::DType::U16,
-            Some(15.0),
-        ),
-        (
-            "h5py_be_f4_volume.h5",
-            Some("vol"),
-            Shape::new(4, Dims::volume(3, 5, 2)),
-            caiman_io::DType::F32,
-            None,
-        ),
+        ("h5py_u16_gzip_shuffle.h5", None, Shape::new(11, Dims::planar(9, 7)), caiman_io::DType::U16, Some(15.0)),
+        ("h5py_be_f4_volume.h5", Some("vol"), Shape::new(4, Dims::volume(3, 5, 2)), caiman_io::DType::F32, None),
         ("h5py_i8_series.nwb", None, Shape::new(5, Dims::planar(4, 4)), caiman_io::DType::I8, None),
-        (
-            "h5py_f64_latest.h5",
-            None,
-            Shape::new(6, Dims::planar(5, 4)),
-            caiman_io::DType::F64,
-            Some(9.5),
-        ),
+        ("h5py_f64_latest.h5", None, Shape::new(6, Dims::planar(5, 4)), caiman_io::DType::F64, Some(9.5)),
     ];
     for (file, name, shape, dtype, fr) in cases {
-        let (npy_shape, expected) =
-            read_npy_f32(&data(&file.replace(".h5", ".npy").replace(".nwb", ".npy")));
+        let (npy_shape, expected) = read_npy_f32(&data(&file.replace(".h5", ".npy").replace(".nwb", ".npy")));
         assert_eq!(npy_shape.iter().product::<usize>(), shape.len());
         let mut src = Hdf5Source::open(&data(file), name).unwrap();
-        assert_eq!(
-            (src.info().shape, src.info().dtype, src.info().fr),
-            (shape, dtype, fr),
-            "{file}"
-        );
+        assert_eq!((src.info().shape, src.info().dtype, src.info().fr), (shape, dtype, fr), "{file}");
         assert_eq!(bits(&read_all(&mut src)), bits(&expected), "{file}");
         let d = shape.dims.pixels();
         let mut frame = vec![0.0; d];
@@ -179,15 +140,11 @@ fn h5py_written_movies_with_other_types_and_layouts() {
         }
         let mut two = vec![0.0; 2 * d];
         src.read_frames_strided(1, 2, &mut two).unwrap();
-        let want: Vec<f32> =
-            [1, 3].iter().flat_map(|&t| expected[t * d..(t + 1) * d].to_vec()).collect();
+        let want: Vec<f32> = [1, 3].iter().flat_map(|&t| expected[t * d..(t + 1) * d].to_vec()).collect();
         assert_eq!(bits(&two), bits(&want), "{file} strided");
     }
     // The big-endian volume must be named: its file holds two datasets.
-    assert!(matches!(
-        Hdf5Source::open(&data("h5py_be_f4_volume.h5"), None),
-        Err(Error::MissingDataset { .. })
-    ));
+    assert!(matches!(Hdf5Source::open(&data("h5py_be_f4_volume.h5"), None), Err(Error::MissingDataset { .. })));
     let f = H5File::open(&data("h5py_u16_gzip_shuffle.h5")).unwrap();
     assert_eq!(f.attr_string("/", "note").unwrap(), "fixed ascii");
     assert_eq!(f.attr_string("/", "text").unwrap(), "vlen str");
@@ -236,8 +193,7 @@ fn parse_bytes_list(repr: &str) -> Vec<String> {
 #[test]
 fn cnmf_result_tree_matches_reference_listing() {
     let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("cnmf_toy_result_hdf5_tree.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(data("cnmf_toy_result_hdf5_tree.json")).unwrap()).unwrap();
     let reference = reference.as_array().unwrap();
     let tree = cnmf().tree().unwrap();
     let got: Vec<&str> = tree.iter().map(|e| e.path.as_str()).collect();
@@ -262,8 +218,7 @@ fn cnmf_result_tree_matches_reference_listing() {
 #[test]
 fn cnmf_result_every_listed_value_and_attribute() {
     let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("cnmf_toy_result_hdf5_tree.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(data("cnmf_toy_result_hdf5_tree.json")).unwrap()).unwrap();
     let f = cnmf();
     let mut checked = 0;
     for r in reference.as_array().unwrap() {
@@ -334,10 +289,7 @@ fn cnmf_result_values_named_in_the_readme() {
     assert_eq!(f.dataset_info("/dview").unwrap().dtype, ElemType::VarString);
     assert_eq!(f.attr_string("/params/data", "var_name_hdf5").unwrap(), "mov");
     assert_eq!(f.attr_string("params/init", "method_init").unwrap(), "greedy_roi");
-    assert_eq!(
-        f.read_f64("/params/online/max_comp_update_shape").unwrap(),
-        (vec![], vec![f64::INFINITY])
-    );
+    assert_eq!(f.read_f64("/params/online/max_comp_update_shape").unwrap(), (vec![], vec![f64::INFINITY]));
     assert_eq!(f.read_i64("/estimates/nr").unwrap(), (vec![], vec![4]));
     assert_eq!(f.read_bool("/params/init/SC_normalize").unwrap(), (vec![], vec![true]));
     assert_eq!(f.read_bool("/params/init/SC_use_NN").unwrap(), (vec![], vec![false]));
@@ -350,10 +302,7 @@ fn cnmf_result_values_named_in_the_readme() {
     assert_eq!(bits(&row), bits(&c[900..]));
     // Directory-like listings.
     assert_eq!(f.groups_in("/").unwrap(), ["estimates", "params"]);
-    assert_eq!(
-        f.datasets_in("/").unwrap(),
-        ["dims", "dview", "mmap_file", "remove_very_bad_comps", "skip_refinement"]
-    );
+    assert_eq!(f.datasets_in("/").unwrap(), ["dims", "dview", "mmap_file", "remove_very_bad_comps", "skip_refinement"]);
     assert!(f.is_group("/params/motion") && !f.is_dataset("/params/motion"));
     assert!(f.is_dataset("/params/motion/strides") && !f.is_group("/params/motion/strides"));
 }
@@ -373,28 +322,16 @@ fn cnmf_result_typed_errors() {
     assert!(matches!(f.read_strings("/dims"), Err(Error::Unsupported { .. })));
     assert!(matches!(f.attr_string("/params/data", "nope"), Err(Error::InvalidRequest { .. })));
     assert!(matches!(f.groups_in("/nope"), Err(Error::InvalidRequest { .. })));
-    assert!(matches!(
-        f.read_rows_f32("/dims", 0, 3, &mut [0.0; 3]),
-        Err(Error::InvalidRequest { .. })
-    ));
+    assert!(matches!(f.read_rows_f32("/dims", 0, 3, &mut [0.0; 3]), Err(Error::InvalidRequest { .. })));
     // Absurd requests are refused, without overflow.
     let mut row = vec![0.0f32; 300];
-    assert!(matches!(
-        f.read_rows_f32("/estimates/C", usize::MAX, 1, &mut row),
-        Err(Error::InvalidRequest { .. })
-    ));
+    assert!(matches!(f.read_rows_f32("/estimates/C", usize::MAX, 1, &mut row), Err(Error::InvalidRequest { .. })));
     assert!(matches!(
         f.read_rows_strided_f32("/estimates/C", 1, usize::MAX, 2, &mut vec![0.0; 600]),
         Err(Error::InvalidRequest { .. })
     ));
-    assert!(matches!(
-        f.read_rows_strided_f32("/estimates/C", 0, 0, 1, &mut row),
-        Err(Error::InvalidRequest { .. })
-    ));
-    assert!(matches!(
-        f.read_rows_f32("/estimates/nr", 0, 1, &mut [0.0; 1]),
-        Err(Error::InvalidRequest { .. })
-    ));
+    assert!(matches!(f.read_rows_strided_f32("/estimates/C", 0, 0, 1, &mut row), Err(Error::InvalidRequest { .. })));
+    assert!(matches!(f.read_rows_f32("/estimates/nr", 0, 1, &mut [0.0; 1]), Err(Error::InvalidRequest { .. })));
     // The CNMF result is not a movie: no `mov` dataset, and the error lists what is there.
     match Hdf5Source::open(&data("cnmf_toy_result.hdf5"), None) {
         Err(Error::MissingDataset { name, found, .. }) => {
@@ -417,13 +354,7 @@ fn cnmf_result_typed_errors() {
 // Round trips
 // ---------------------------------------------------------------------------------------------
 
-fn write_movie(
-    path: &Path,
-    shape: Shape,
-    values: &[f32],
-    opts: &WriteOptions,
-    pieces: &[usize],
-) -> PathBuf {
+fn write_movie(path: &Path, shape: Shape, values: &[f32], opts: &WriteOptions, pieces: &[usize]) -> PathBuf {
     let mut w: Box<dyn MovieWriter> = Box::new(Hdf5Writer::create(path, shape, opts).unwrap());
     assert_eq!(w.shape(), shape);
     let d = shape.dims.pixels();
@@ -472,9 +403,8 @@ fn round_trip_planar_and_volume_with_and_without_compression() {
             let (start, step, n) = (shape.frames - 9, 4, 3);
             let mut buf = vec![0.0; n * d];
             src.read_frames_strided(start, step, &mut buf).unwrap();
-            let want: Vec<f32> = (0..n)
-                .flat_map(|k| vals[(start + k * step) * d..(start + k * step + 1) * d].to_vec())
-                .collect();
+            let want: Vec<f32> =
+                (0..n).flat_map(|k| vals[(start + k * step) * d..(start + k * step + 1) * d].to_vec()).collect();
             assert_eq!(bits(&buf), bits(&want), "case {i} strided");
         }
         // The layout CaImAn writes: float32 (T, d1, d2[, d3]) with fr and start_time.
@@ -493,17 +423,12 @@ fn round_trip_planar_and_volume_with_and_without_compression() {
         assert_eq!(f.attr_f64("/mov", "fr").unwrap(), 12.5);
         assert_eq!(f.attr_f64("/mov", "start_time").unwrap(), 0.0);
         if compression > 0 && shape.frames == 150 {
-            assert!(
-                std::fs::metadata(&path).unwrap().len() < (shape.len() * 4) as u64,
-                "deflate shrinks the file"
-            );
+            assert!(std::fs::metadata(&path).unwrap().len() < (shape.len() * 4) as u64, "deflate shrinks the file");
         }
     }
     // Nothing but the finished files is left in the directory.
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, (0..5).map(|i| format!("movie_{i}.h5")).collect::<Vec<_>>());
 }
@@ -518,8 +443,7 @@ fn round_trip_through_save_and_load_with_custom_dataset() {
     assert_eq!(caiman_io::save(&path, &movie, &opts).unwrap(), path);
     // Only one dataset in the file: any name reads it.
     for name in [None, Some("my_dataset".to_string()), Some("other".to_string())] {
-        let back =
-            caiman_io::load(&path, &OpenOptions { dataset: name, ..Default::default() }).unwrap();
+        let back = caiman_io::load(&path, &OpenOptions { dataset: name, ..Default::default() }).unwrap();
         assert_eq!(bits(back.as_slice()), bits(movie.as_slice()));
     }
     // A nested dataset name creates its groups.
@@ -605,18 +529,11 @@ fn integer_and_double_datasets_convert_to_f32() {
     check("i32", i32s.iter().map(|&v| v as f32).collect(), caiman_io::DType::I32);
     check("f64", f64s.iter().map(|&v| v as f32).collect(), caiman_io::DType::F64);
     check("i64", i64s.iter().map(|&v| v as f32).collect(), caiman_io::DType::I64);
-    check(
-        "bool",
-        (0..24).map(|i| if i % 3 == 0 { 1.0 } else { 0.0 }).collect(),
-        caiman_io::DType::U8,
-    );
+    check("bool", (0..24).map(|i| if i % 3 == 0 { 1.0 } else { 0.0 }).collect(), caiman_io::DType::U8);
     // Strided reads of a converted type with more than one frame.
     let f = H5File::open(&path).unwrap();
     let mut rows = vec![0.0f32; 2 * 4];
-    assert!(matches!(
-        f.read_rows_strided_f32("/f64", 0, 1, 2, &mut rows),
-        Err(Error::InvalidRequest { .. })
-    ));
+    assert!(matches!(f.read_rows_strided_f32("/f64", 0, 1, 2, &mut rows), Err(Error::InvalidRequest { .. })));
     let mut two = vec![0.0f32; 2 * 12];
     f.read_rows_strided_f32("/i32", 0, 1, 2, &mut two).unwrap();
     assert_eq!(two, i32s.iter().map(|&v| v as f32).collect::<Vec<_>>());
@@ -756,18 +673,9 @@ fn appendable_dataset_grows_by_rows() {
     w.append_f32("plain", &[1.0; 10]).unwrap();
     w.append_f32("plain", &[]).unwrap();
     assert!(matches!(w.append_f32("plain", &[1.0; 4]), Err(Error::InvalidRequest { .. })));
-    assert!(matches!(
-        w.create_appendable_f32("bad", &[0, 3], 4, 0),
-        Err(Error::InvalidRequest { .. })
-    ));
-    assert!(matches!(
-        w.create_appendable_f32("bad", &[3], 0, 0),
-        Err(Error::InvalidRequest { .. })
-    ));
-    assert!(matches!(
-        w.create_appendable_f32("bad", &[3], 1, 10),
-        Err(Error::InvalidRequest { .. })
-    ));
+    assert!(matches!(w.create_appendable_f32("bad", &[0, 3], 4, 0), Err(Error::InvalidRequest { .. })));
+    assert!(matches!(w.create_appendable_f32("bad", &[3], 0, 0), Err(Error::InvalidRequest { .. })));
+    assert!(matches!(w.create_appendable_f32("bad", &[3], 1, 10), Err(Error::InvalidRequest { .. })));
     w.finish().unwrap();
     let f = H5File::open(&path).unwrap();
     let info = f.dataset_info("/frames/raw").unwrap();
@@ -829,25 +737,15 @@ proptest! {
 fn not_hdf5_truncated_directory_and_missing_files_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("text.h5");
-    std::fs::write(
-        &text,
-        b"this is not an HDF5 file, just some text that is long enough to look at",
-    )
-    .unwrap();
+    std::fs::write(&text, b"this is not an HDF5 file, just some text that is long enough to look at").unwrap();
     assert!(matches!(Hdf5Source::open(&text, None), Err(Error::Malformed { .. })));
     assert!(matches!(H5File::open(&text), Err(Error::Malformed { .. })));
     let empty = dir.path().join("empty.h5");
     std::fs::write(&empty, b"").unwrap();
     assert!(matches!(Hdf5Source::open(&empty, None), Err(Error::Malformed { .. })));
     assert!(matches!(Hdf5Source::open(dir.path(), None), Err(Error::IsDirectory { .. })));
-    assert!(matches!(
-        caiman_io::open(dir.path().join("x.h5"), &OpenOptions::default()),
-        Err(Error::Io { .. })
-    ));
-    assert!(matches!(
-        Hdf5Source::open(&dir.path().join("missing.h5"), None),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(caiman_io::open(dir.path().join("x.h5"), &OpenOptions::default()), Err(Error::Io { .. })));
+    assert!(matches!(Hdf5Source::open(&dir.path().join("missing.h5"), None), Err(Error::Io { .. })));
 
     // Truncated copies of both reference files, at many lengths: every open or read fails with a
     // typed error (or, where the cut spares what is read, succeeds) — never a panic.
@@ -874,8 +772,7 @@ fn not_hdf5_truncated_directory_and_missing_files_are_typed_errors() {
                     "{name} cut to {len}: {r:?}"
                 ),
             }
-            let result =
-                std::panic::catch_unwind(|| H5File::open(&cut).and_then(|f| f.tree().map(|_| ())));
+            let result = std::panic::catch_unwind(|| H5File::open(&cut).and_then(|f| f.tree().map(|_| ())));
             assert!(result.is_ok(), "panic listing {name} cut to {len} bytes");
         }
     }
@@ -944,14 +841,8 @@ fn zero_frames_and_wrong_ranks_are_refused() {
     // Writers refuse empty movies too.
     let out = dir.path().join("none.h5");
     let empty = Shape::new(0, Dims::planar(2, 2));
-    assert!(matches!(
-        Hdf5Writer::create(&out, empty, &WriteOptions::default()),
-        Err(Error::Empty { .. })
-    ));
-    assert!(matches!(
-        caiman_io::create(&out, empty, &WriteOptions::default()),
-        Err(Error::Empty { .. })
-    ));
+    assert!(matches!(Hdf5Writer::create(&out, empty, &WriteOptions::default()), Err(Error::Empty { .. })));
+    assert!(matches!(caiman_io::create(&out, empty, &WriteOptions::default()), Err(Error::Empty { .. })));
     let bad = WriteOptions { compression: 10, ..Default::default() };
     assert!(matches!(
         Hdf5Writer::create(&out, Shape::new(1, Dims::planar(2, 2)), &bad),
@@ -979,8 +870,7 @@ fn abandoned_or_incomplete_writers_leave_no_file() {
     assert_eq!(listing(), 0);
 
     // Finished too early.
-    let mut w: Box<dyn MovieWriter> =
-        Box::new(Hdf5Writer::create(&path, shape, &WriteOptions::default()).unwrap());
+    let mut w: Box<dyn MovieWriter> = Box::new(Hdf5Writer::create(&path, shape, &WriteOptions::default()).unwrap());
     w.write_frames(&[1.0; 48]).unwrap();
     assert!(matches!(w.finish(), Err(Error::InvalidRequest { .. })));
     assert!(!path.exists());
@@ -1016,7 +906,7 @@ fn sources_and_writers_are_send() {
     is_send::<H5Writer>();
     // Reading on another thread works.
     let mut src = Hdf5Source::open(&data("mov.h5"), None).unwrap();
-    let handle = std::thread::spawn(move || read_all(&mut src));
+    let values = std::thread::scope(|s| s.spawn(move || read_all(&mut src)).join().unwrap());
     let (_, expected) = read_npy_f32(&data("mov_source.npy"));
-    assert_eq!(bits(&handle.join().unwrap()), bits(&expected));
+    assert_eq!(bits(&values), bits(&expected));
 }

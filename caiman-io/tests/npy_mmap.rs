@@ -73,57 +73,46 @@ fn caiman_npz_reads_bit_exactly() {
 fn caiman_mmap_files_read_bit_exactly() {
     let mov = mov_source();
     // movie.save(order=C / F): true byte orders, no offset.
-    for name in [
-        "movie_save_d1_10_d2_13_d3_1_order_C_frames_7.mmap",
-        "movie_save_d1_10_d2_13_d3_1_order_F_frames_7.mmap",
-    ] {
+    for name in
+        ["movie_save_d1_10_d2_13_d3_1_order_C_frames_7.mmap", "movie_save_d1_10_d2_13_d3_1_order_F_frames_7.mmap"]
+    {
         let m = load(data(name), &OpenOptions::default()).unwrap();
         assert_bits_eq(m.as_slice(), mov.as_slice());
     }
     // save_memmap(order=C) adds float32(0.0001).
     let expected = read_npy(data("save_memmap_expected_Yr.npy")).unwrap();
-    let src = MmapSource::open(&data("save_memmap_orderC_d1_10_d2_13_d3_1_order_C_frames_7.mmap"))
-        .unwrap();
+    let src = MmapSource::open(&data("save_memmap_orderC_d1_10_d2_13_d3_1_order_C_frames_7.mmap")).unwrap();
     assert_eq!(src.order(), Order::C);
     assert_bits_eq(src.yr().as_standard_layout().as_slice().unwrap(), &f32s(&expected));
     // The mislabelled CaImAn file (order_F name, C bytes): we trust the name as CaImAn does, so
     // the matrix differs from the expected Yr, exactly as CaImAn's load_memmap misreads it.
-    let bad = MmapSource::open(&data("save_memmap_orderF_d1_10_d2_13_d3_1_order_F_frames_7.mmap"))
-        .unwrap();
+    let bad = MmapSource::open(&data("save_memmap_orderF_d1_10_d2_13_d3_1_order_F_frames_7.mmap")).unwrap();
     assert_ne!(bad.yr().as_standard_layout().as_slice().unwrap(), f32s(&expected).as_slice());
     // Its raw bytes are the C order of Yr: reading them as such gives the expected values.
-    let raw =
-        std::fs::read(data("save_memmap_orderF_d1_10_d2_13_d3_1_order_F_frames_7.mmap")).unwrap();
-    let vals: Vec<f32> =
-        raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let raw = std::fs::read(data("save_memmap_orderF_d1_10_d2_13_d3_1_order_F_frames_7.mmap")).unwrap();
+    let vals: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_bits_eq(&vals, &f32s(&expected));
 
     // 3-D: F-order movie.save, C-order save_memmap (+0.0001).
     let mov3 = mov3d_source();
-    let m =
-        load(data("movie_save_3d_d1_4_d2_3_d3_6_order_F_frames_5.mmap"), &OpenOptions::default())
-            .unwrap();
+    let m = load(data("movie_save_3d_d1_4_d2_3_d3_6_order_F_frames_5.mmap"), &OpenOptions::default()).unwrap();
     assert_eq!(m.dims(), Dims::volume(4, 3, 6));
     assert_bits_eq(m.as_slice(), mov3.as_slice());
-    let m =
-        load(data("save_memmap_3d_d1_4_d2_3_d3_6_order_C_frames_5.mmap"), &OpenOptions::default())
-            .unwrap();
+    let m = load(data("save_memmap_3d_d1_4_d2_3_d3_6_order_C_frames_5.mmap"), &OpenOptions::default()).unwrap();
     let plus: Vec<f32> = mov3.as_slice().iter().map(|v| v + 0.0001f32).collect();
     assert_bits_eq(m.as_slice(), &plus);
 }
 
 #[test]
 fn mmap_name_decoding_matches_caiman_table() {
-    let table: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(data("decode_mmap_filename_table.json")).unwrap(),
-    )
-    .unwrap();
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("decode_mmap_filename_table.json")).unwrap()).unwrap();
     for case in table.as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let ours = MmapName::decode(Path::new(name));
         let result = &case["result"];
-        let complete = result.is_object()
-            && ["d1", "d2", "d3", "order", "frames", "T"].iter().all(|k| result.get(k).is_some());
+        let complete =
+            result.is_object() && ["d1", "d2", "d3", "order", "frames", "T"].iter().all(|k| result.get(k).is_some());
         if complete {
             let n = ours.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
@@ -140,10 +129,7 @@ fn mmap_name_decoding_matches_caiman_table() {
             assert_eq!(n.t as u64, result["T"].as_u64().unwrap(), "{name}");
         } else {
             // CaImAn raised, or returned a dict lacking a key load_memmap needs.
-            assert!(
-                matches!(ours, Err(Error::Malformed { .. })),
-                "{name}: expected an error, got {ours:?}"
-            );
+            assert!(matches!(ours, Err(Error::Malformed { .. })), "{name}: expected an error, got {ours:?}");
         }
     }
 }
@@ -162,8 +148,7 @@ fn mmap_name_encoding_matches_caiman_examples() {
         MmapName::file_name("vol", Dims::volume(12, 14, 16), 300, Order::F),
         "vol_d1_12_d2_14_d3_16_order_F_frames_300.mmap"
     );
-    let p =
-        MmapName::path_for(Path::new("/x/out.mmap"), Shape::new(7, Dims::planar(10, 13)), Order::C);
+    let p = MmapName::path_for(Path::new("/x/out.mmap"), Shape::new(7, Dims::planar(10, 13)), Order::C);
     assert_eq!(p, Path::new("/x/out_d1_10_d2_13_d3_1_order_C_frames_7.mmap"));
     let keep = Path::new("/x/a_d1_10_d2_13_d3_1_order_C_frames_7.mmap");
     assert_eq!(MmapName::path_for(keep, Shape::new(7, Dims::planar(10, 13)), Order::C), keep);
@@ -188,10 +173,7 @@ fn mmap_byte_offsets_follow_the_order() {
             assert_eq!(v.to_bits(), yr[[p, t]].to_bits(), "order {order} p {p} t {t}");
         }
         // CaImAn's own file with the same order has identical bytes.
-        let caiman = std::fs::read(data(&format!(
-            "movie_save_d1_10_d2_13_d3_1_order_{order}_frames_7.mmap"
-        )))
-        .unwrap();
+        let caiman = std::fs::read(data(&format!("movie_save_d1_10_d2_13_d3_1_order_{order}_frames_7.mmap"))).unwrap();
         assert_eq!(bytes, caiman, "order {order}");
     }
 }
@@ -202,8 +184,7 @@ fn parallel_region_writers_fill_one_file() {
     let mov = mov_source();
     let yr = mov.to_yr();
     for order in [Order::C, Order::F] {
-        let pending =
-            PendingMmap::create(&dir.path().join("par.mmap"), mov.shape(), order).unwrap();
+        let pending = PendingMmap::create(&dir.path().join("par.mmap"), mov.shape(), order).unwrap();
         std::thread::scope(|s| {
             // frames 0..3 by frames, pixels by rows for the rest of the file in another writer
             let tmp = pending.tmp_path().to_path_buf();
@@ -343,9 +324,7 @@ fn general_arrays_round_trip() {
 fn writers_round_trip_every_layout() {
     let dir = tempfile::tempdir().unwrap();
     for mov in [mov_source(), mov3d_source()] {
-        for (name, order) in
-            [("m.npy", Order::F), ("m.npz", Order::F), ("m.mmap", Order::C), ("m.mmap", Order::F)]
-        {
+        for (name, order) in [("m.npy", Order::F), ("m.npz", Order::F), ("m.mmap", Order::C), ("m.mmap", Order::F)] {
             let opts = WriteOptions { order, fr: 15.0, ..Default::default() };
             let out = save(dir.path().join(name), &mov, &opts).unwrap();
             let back = load(&out, &OpenOptions::default()).unwrap();
@@ -393,14 +372,8 @@ fn bad_requests_and_inputs_are_typed_errors() {
     let d = dir.path().join("dir.npy");
     std::fs::create_dir(&d).unwrap();
     assert!(matches!(open(&d, &OpenOptions::default()), Err(Error::IsDirectory { .. })));
-    assert!(matches!(
-        open(dir.path().join("a.avi"), &OpenOptions::default()),
-        Err(Error::UnknownFormat { .. })
-    ));
-    assert!(matches!(
-        open(dir.path().join("nope.npy"), &OpenOptions::default()),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(open(dir.path().join("a.avi"), &OpenOptions::default()), Err(Error::UnknownFormat { .. })));
+    assert!(matches!(open(dir.path().join("nope.npy"), &OpenOptions::default()), Err(Error::Io { .. })));
     // npz without input_arr
     let p = dir.path().join("other.npz");
     write_npz(&p, &[("x", NpyArray::f32(vec![1], vec![1.0]))]).unwrap();
@@ -420,8 +393,7 @@ fn failed_writes_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let shape = Shape::new(3, Dims::planar(4, 5));
     for name in ["a.npy", "a.npz", "a.mmap"] {
-        let mut w =
-            caiman_io::create(dir.path().join(name), shape, &WriteOptions::default()).unwrap();
+        let mut w = caiman_io::create(dir.path().join(name), shape, &WriteOptions::default()).unwrap();
         w.write_frames(&[1.0; 20]).unwrap();
         // too many frames
         assert!(matches!(w.write_frames(&[1.0; 60]), Err(Error::InvalidRequest { .. })));
@@ -431,11 +403,7 @@ fn failed_writes_leave_nothing_behind() {
         assert!(left.is_empty(), "{name}: left {left:?}");
     }
     assert!(matches!(
-        caiman_io::create(
-            dir.path().join("z.npy"),
-            Shape::new(0, Dims::planar(2, 2)),
-            &WriteOptions::default()
-        ),
+        caiman_io::create(dir.path().join("z.npy"), Shape::new(0, Dims::planar(2, 2)), &WriteOptions::default()),
         Err(Error::Empty { .. })
     ));
 }

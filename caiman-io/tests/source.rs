@@ -1,6 +1,8 @@
 //! Format-independent reader behaviour: chains of files, strided reads, whole loads.
 
-use caiman_io::{ChainSource, Dims, Error, FrameSource, Movie, OpenOptions, Order, Shape, WriteOptions, load, open, read_movie, save};
+use caiman_io::{
+    ChainSource, Dims, Error, FrameSource, Movie, OpenOptions, Order, Shape, WriteOptions, load, open, read_movie, save,
+};
 
 fn movie(frames: usize, dims: Dims, seed: f32) -> Movie {
     let shape = Shape::new(frames, dims);

@@ -90,10 +90,9 @@ fn streaming_equals_in_memory() {
     assert_eq!(truth, t2);
 
     // A sink error stops the rendering and comes back.
-    let err = synth::stream_frames(&p, |t, _| {
-        if t == 3 { Err(Error::invalid(Path::new("sink"), "stop")) } else { Ok(()) }
-    })
-    .unwrap_err();
+    let err =
+        synth::stream_frames(&p, |t, _| if t == 3 { Err(Error::invalid(Path::new("sink"), "stop")) } else { Ok(()) })
+            .unwrap_err();
     assert!(err.to_string().contains("stop"));
 }
 
@@ -106,10 +105,8 @@ fn written_files_equal_in_memory_movie() {
         let path = dir.path().join(name);
         let mut calls = Vec::new();
         let (written, t2) =
-            synth::write_movie_to(&p, &path, &WriteOptions::default(), &mut |done, total| {
-                calls.push((done, total))
-            })
-            .unwrap();
+            synth::write_movie_to(&p, &path, &WriteOptions::default(), &mut |done, total| calls.push((done, total)))
+                .unwrap();
         assert_eq!(t2, truth);
         assert_eq!(calls, (1..=p.frames).map(|t| (t, p.frames)).collect::<Vec<_>>());
         let back: Movie = load(&written, &OpenOptions::default()).unwrap();
@@ -198,10 +195,7 @@ fn motion_moves_the_content_by_the_ground_truth_displacement() {
     let mut worst = 0.0f64;
     for t in 0..p.frames {
         let (a, b) = (centre_of_mass(&still, t), centre_of_mass(&moving, t));
-        assert!(
-            (a[0] - centre[0]).abs() < 1e-3 && (a[1] - centre[1]).abs() < 1e-3,
-            "still COM {a:?} vs {centre:?}"
-        );
+        assert!((a[0] - centre[0]).abs() < 1e-3 && (a[1] - centre[1]).abs() < 1e-3, "still COM {a:?} vs {centre:?}");
         let dt = gt.displacement_at(t, centre[0], centre[1]);
         assert_eq!(dt, [gt.shifts_rigid[[t, 0]], gt.shifts_rigid[[t, 1]]]);
         assert_eq!(gt.shift_to_apply(t), [-dt[0], -dt[1]]);
@@ -224,10 +218,7 @@ fn motion_moves_the_content_by_the_ground_truth_displacement() {
                 let q = u * u / (s1 * s1) + v * v / (s2 * s2);
                 let expect = if q <= 16.0 { gt.c[[0, t]] as f64 * (-0.5 * q).exp() } else { 0.0 };
                 let got = moving.frame(t)[i * d + j] as f64;
-                assert!(
-                    (got - expect).abs() <= 1e-5 * gt.c[[0, t]] as f64,
-                    "t {t} ({i},{j}): {got} vs {expect}"
-                );
+                assert!((got - expect).abs() <= 1e-5 * gt.c[[0, t]] as f64, "t {t} ({i},{j}): {got} vs {expect}");
             }
         }
     }
@@ -261,23 +252,14 @@ fn displacement_field_queries_are_consistent() {
             }
         }
         let fov = gt.fov_mean_shift(t);
-        assert!(
-            (fov[0] - mean[0]).abs() < 1e-9 && (fov[1] - mean[1]).abs() < 1e-9,
-            "{fov:?} vs {mean:?}"
-        );
+        assert!((fov[0] - mean[0]).abs() < 1e-9 && (fov[1] - mean[1]).abs() < 1e-9, "{fov:?} vs {mean:?}");
         // The field is not rigid.
         let a = gt.displacement_at(t, 0.0, 0.0);
         let b = gt.displacement_at(t, (d1 - 1) as f64, (d2 - 1) as f64);
         assert!(a != b);
     }
     // The rigid part respects its clip.
-    let gt = synth::ground_truth(&SynthParams {
-        rigid_amp: 3.0,
-        rigid_max: 2.0,
-        frames: 500,
-        ..small()
-    })
-    .unwrap();
+    let gt = synth::ground_truth(&SynthParams { rigid_amp: 3.0, rigid_max: 2.0, frames: 500, ..small() }).unwrap();
     let max = gt.shifts_rigid.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(max <= 2.0 && max > 1.9, "max rigid shift {max}");
 }
@@ -292,23 +274,14 @@ fn autocorr(x: &[f64], k: usize) -> f64 {
 
 #[test]
 fn spikes_and_calcium_follow_the_model() {
-    let p = SynthParams {
-        dims: [16, 16],
-        frames: 30_000,
-        n_neurons: 40,
-        rate: 0.5,
-        ..SynthParams::default()
-    };
+    let p = SynthParams { dims: [16, 16], frames: 30_000, n_neurons: 40, rate: 0.5, ..SynthParams::default() };
     let gt = synth::ground_truth(&p).unwrap();
     let (k_len, t_len) = (gt.n_neurons(), p.frames);
 
     // Firing: total count against the per-neuron Poisson intensities, mean rate against `rate`.
     let total: f64 = gt.spike_counts.iter().map(|&n| n as f64).sum();
     let expected: f64 = gt.rates.iter().map(|r| r * t_len as f64 / p.fr).sum();
-    assert!(
-        (total - expected).abs() < 5.0 * expected.sqrt(),
-        "{total} spikes, {expected} expected"
-    );
+    assert!((total - expected).abs() < 5.0 * expected.sqrt(), "{total} spikes, {expected} expected");
     let mean_rate = gt.rates.iter().sum::<f64>() / k_len as f64;
     assert!((mean_rate / p.rate - 1.0).abs() < 0.3, "mean rate {mean_rate} Hz");
     let observed = total / (k_len as f64 * t_len as f64 / p.fr);
@@ -371,10 +344,7 @@ fn ar2_traces_rise_and_decay() {
             let (r1, r2) = (autocorr(&c, 1), autocorr(&c, 2));
             let e1 = r1 * (1.0 - r2) / (1.0 - r1 * r1);
             let e2 = (r2 - r1 * r1) / (1.0 - r1 * r1);
-            assert!(
-                (e1 - g1).abs() < 0.06 && (e2 - g2).abs() < 0.06,
-                "neuron {k}: ({e1}, {e2}) vs ({g1}, {g2})"
-            );
+            assert!((e1 - g1).abs() < 0.06 && (e2 - g2).abs() < 0.06, "neuron {k}: ({e1}, {e2}) vs ({g1}, {g2})");
         }
         // Rise: the response to an isolated spike peaks a few frames later at about
         // spike_amp × brightness (innovations are scaled down by the kernel peak).
@@ -384,10 +354,7 @@ fn ar2_traces_rise_and_decay() {
         };
         let tau_d = -1.0 / (p.fr * d.ln());
         let tau_r = -1.0 / (p.fr * r.ln());
-        assert!(
-            (tau_d / 0.5 - 1.0).abs() < 0.5 && (tau_r / 0.1 - 1.0).abs() < 0.5,
-            "neuron {k}: {tau_d} {tau_r}"
-        );
+        assert!((tau_d / 0.5 - 1.0).abs() < 0.5 && (tau_r / 0.1 - 1.0).abs() < 0.5, "neuron {k}: {tau_d} {tau_r}");
     }
 }
 
@@ -478,27 +445,14 @@ fn ground_truth_file_round_trip() {
     // Every documented array is there, with CaImAn's names and layouts.
     let entries = caiman_io::npy::read_npz(&path).unwrap();
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-    for n in [
-        "A_data",
-        "A_indices",
-        "A_indptr",
-        "A_shape",
-        "C",
-        "S",
-        "b",
-        "f",
-        "g",
-        "centers",
-        "shifts_rigid",
-    ] {
+    for n in ["A_data", "A_indices", "A_indptr", "A_shape", "C", "S", "b", "f", "g", "centers", "shifts_rigid"] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     // A damaged file is an error, not a panic.
     let truth = synth::ground_truth(&small()).unwrap();
     let mut entries: Vec<(String, caiman_io::npy::NpyArray)> = entries;
     entries.retain(|(n, _)| n != "C");
-    let refs: Vec<(&str, caiman_io::npy::NpyArray)> =
-        entries.iter().map(|(n, a)| (n.as_str(), a.clone())).collect();
+    let refs: Vec<(&str, caiman_io::npy::NpyArray)> = entries.iter().map(|(n, a)| (n.as_str(), a.clone())).collect();
     caiman_io::npy::write_npz(&path, &refs).unwrap();
     let err = GroundTruth::load(&path).unwrap_err();
     assert!(err.to_string().contains("\"C\""), "{err}");
@@ -559,8 +513,7 @@ fn invalid_parameters_are_reported_not_panicked() {
         let err = synth::generate(&p).unwrap_err();
         assert!(matches!(err, Error::InvalidRequest { .. }), "{field}: {err:?}");
         assert!(err.to_string().contains(field), "{field}: {err}");
-        let err =
-            synth::write_movie(&p, &out, &WriteOptions::default(), &mut |_, _| {}).unwrap_err();
+        let err = synth::write_movie(&p, &out, &WriteOptions::default(), &mut |_, _| {}).unwrap_err();
         assert_eq!(err.path(), out.as_path());
         assert!(!out.exists());
     }
@@ -571,8 +524,7 @@ fn parameters_serialise_with_defaults() {
     let p: SynthParams = serde_json::from_str("{}").unwrap();
     assert_eq!(p, SynthParams::default());
     let p: SynthParams =
-        serde_json::from_str(r#"{"frames": 10, "dims": [20, 30], "seed": 18446744073709551615}"#)
-            .unwrap();
+        serde_json::from_str(r#"{"frames": 10, "dims": [20, 30], "seed": 18446744073709551615}"#).unwrap();
     assert_eq!((p.frames, p.dims, p.seed), (10, [20, 30], u64::MAX));
     assert_eq!(p.rate, SynthParams::default().rate);
     let json = serde_json::to_string(&p).unwrap();

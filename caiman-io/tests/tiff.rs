@@ -1,21 +1,15 @@
 //! Integration tests of the TIFF reader and writer (`caiman_io::tiff`): CaImAn's reference file,
 //! files written by the `tiff` crate, hand-built files (big-endian, BigTIFF, multi-strip, ImageJ,
 //! irregular layouts), writer round trips and interop, and malformed input.
-#![allow(
-    clippy::print_stderr,
-    reason = "tests skip with a note when an optional reference file is absent"
-)]
+#![allow(clippy::print_stderr, reason = "tests skip with a note when an optional reference file is absent")]
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use caiman_io::tiff::{TiffSource, TiffWriter};
 use caiman_io::write::TiffSample;
-use caiman_io::{
-    DType, Dims, Error, FrameSource, Movie, MovieWriter, OpenOptions, Shape, WriteOptions,
-};
+use caiman_io::{DType, Dims, Error, FrameSource, Movie, MovieWriter, OpenOptions, Shape, WriteOptions};
 use proptest::prelude::*;
 use tiff::decoder::{Decoder, DecodingResult, Limits};
 use tiff::encoder::colortype::{self, ColorType};
@@ -41,15 +35,10 @@ fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert!(header.contains("'descr': '<f4'"), "{header}");
     assert!(header.contains("'fortran_order': False"), "{header}");
     let inner = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = inner
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
-    let data: Vec<f32> = bytes[10 + hlen..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let shape: Vec<usize> =
+        inner.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data: Vec<f32> =
+        bytes[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(data.len(), shape.iter().product::<usize>());
     (shape, data)
 }
@@ -117,10 +106,7 @@ fn value(dtype: DType, t: usize, i: usize) -> f64 {
 fn raw_bytes(dtype: DType, le: bool, values: &[f64]) -> Vec<u8> {
     macro_rules! enc {
         ($t:ty) => {
-            values
-                .iter()
-                .flat_map(|&v| if le { (v as $t).to_le_bytes() } else { (v as $t).to_be_bytes() })
-                .collect()
+            values.iter().flat_map(|&v| if le { (v as $t).to_le_bytes() } else { (v as $t).to_be_bytes() }).collect()
         };
     }
     match dtype {
@@ -270,11 +256,8 @@ fn build(spec: &Spec, n_pages: usize) -> Built {
     if f.len() % 2 == 1 {
         f.push(0);
     }
-    let order: Vec<usize> = if spec.first_ifd_only {
-        vec![0]
-    } else {
-        spec.ifd_order.clone().unwrap_or_else(|| (0..n_pages).collect())
-    };
+    let order: Vec<usize> =
+        if spec.first_ifd_only { vec![0] } else { spec.ifd_order.clone().unwrap_or_else(|| (0..n_pages).collect()) };
     let (bits, format) = bits_and_format(dtype);
     let (off_type, off_size) = if big { (16, 8) } else { (4, 4) };
     let mut ifd_pos = vec![0; n_pages];
@@ -294,8 +277,7 @@ fn build(spec: &Spec, n_pages: usize) -> Built {
             text.push(0);
             entries.push((270, 2, text.len() as u64, text));
         }
-        let offs: Vec<u8> =
-            strip_offsets[p].iter().flat_map(|&o| uint(o as u64, off_size, le)).collect();
+        let offs: Vec<u8> = strip_offsets[p].iter().flat_map(|&o| uint(o as u64, off_size, le)).collect();
         let counts: Vec<u8> = (0..strips)
             .flat_map(|s| uint(((h.min((s + 1) * rps) - s * rps) * w * size) as u64, off_size, le))
             .collect();
@@ -322,12 +304,8 @@ fn build(spec: &Spec, n_pages: usize) -> Built {
 }
 
 /// Write pages with the `tiff` crate's encoder.
-fn encode<K: TiffKind, C: ColorType>(
-    mut enc: TiffEncoder<File, K>,
-    w: u32,
-    h: u32,
-    pages: &[Vec<C::Inner>],
-) where
+fn encode<K: TiffKind, C: ColorType>(mut enc: TiffEncoder<File, K>, w: u32, h: u32, pages: &[Vec<C::Inner>])
+where
     [C::Inner]: TiffValue,
 {
     for p in pages {
@@ -348,14 +326,10 @@ fn encode_file<C: ColorType>(
 {
     let f = File::create(path).unwrap();
     if big {
-        let enc = TiffEncoder::new_big(f)
-            .unwrap()
-            .with_compression(compression)
-            .with_predictor(predictor);
+        let enc = TiffEncoder::new_big(f).unwrap().with_compression(compression).with_predictor(predictor);
         encode::<_, C>(enc, w, h, pages);
     } else {
-        let enc =
-            TiffEncoder::new(f).unwrap().with_compression(compression).with_predictor(predictor);
+        let enc = TiffEncoder::new(f).unwrap().with_compression(compression).with_predictor(predictor);
         encode::<_, C>(enc, w, h, pages);
     }
 }
@@ -415,10 +389,7 @@ fn reads_caiman_reference_tif_bit_exactly() {
 
 #[test]
 fn reads_motion_movie_like_the_tiff_crate() {
-    let path = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/reference/motion/motion_movie.tif"
-    ));
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/motion/motion_movie.tif"));
     if !path.exists() {
         eprintln!("skipping: {} is absent", path.display());
         return;
@@ -456,94 +427,33 @@ fn crate_round_trip<C: ColorType>(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crate.tif");
     let (w, h, t) = (7u32, 5u32, 5usize);
-    let values: Vec<Vec<f64>> =
-        (0..t).map(|k| (0..35).map(|i| value(dtype, k, i)).collect()).collect();
-    let pages: Vec<Vec<C::Inner>> =
-        values.iter().map(|p| p.iter().map(|&v| conv(v)).collect()).collect();
+    let values: Vec<Vec<f64>> = (0..t).map(|k| (0..35).map(|i| value(dtype, k, i)).collect()).collect();
+    let pages: Vec<Vec<C::Inner>> = values.iter().map(|p| p.iter().map(|&v| conv(v)).collect()).collect();
     encode_file::<C>(&path, big, compression, predictor, w, h, &pages);
     let mut src = open(&path);
     assert_eq!(src.info().shape, Shape::new(t, Dims::planar(5, 7)));
     assert_eq!(src.info().dtype, dtype);
-    let frames: Vec<Vec<f32>> =
-        values.iter().map(|p| p.iter().map(|&v| v as f32).collect()).collect();
+    let frames: Vec<Vec<f32>> = values.iter().map(|p| p.iter().map(|&v| v as f32).collect()).collect();
     check_reads(&mut src, &frames);
 }
 
 #[test]
 fn reads_tiff_crate_files_of_every_sample_type_and_compression() {
     let deflate = || Compression::Deflate(DeflateLevel::Balanced);
-    crate_round_trip::<colortype::Gray8>(
-        DType::U8,
-        Compression::Lzw,
-        Predictor::None,
-        false,
-        |v| v as u8,
-    );
-    crate_round_trip::<colortype::GrayI8>(DType::I8, deflate(), Predictor::None, false, |v| {
-        v as i8
-    });
-    crate_round_trip::<colortype::Gray16>(DType::U16, deflate(), Predictor::None, false, |v| {
-        v as u16
-    });
-    crate_round_trip::<colortype::Gray16>(
-        DType::U16,
-        Compression::Lzw,
-        Predictor::Horizontal,
-        false,
-        |v| v as u16,
-    );
-    crate_round_trip::<colortype::GrayI16>(
-        DType::I16,
-        Compression::Packbits,
-        Predictor::None,
-        false,
-        |v| v as i16,
-    );
-    crate_round_trip::<colortype::Gray32>(
-        DType::U32,
-        Compression::Lzw,
-        Predictor::None,
-        true,
-        |v| v as u32,
-    );
-    crate_round_trip::<colortype::GrayI32>(
-        DType::I32,
-        Compression::Uncompressed,
-        Predictor::None,
-        false,
-        |v| v as i32,
-    );
-    crate_round_trip::<colortype::Gray32Float>(
-        DType::F32,
-        Compression::Uncompressed,
-        Predictor::None,
-        false,
-        |v| v as f32,
-    );
-    crate_round_trip::<colortype::Gray32Float>(DType::F32, deflate(), Predictor::None, true, |v| {
+    crate_round_trip::<colortype::Gray8>(DType::U8, Compression::Lzw, Predictor::None, false, |v| v as u8);
+    crate_round_trip::<colortype::GrayI8>(DType::I8, deflate(), Predictor::None, false, |v| v as i8);
+    crate_round_trip::<colortype::Gray16>(DType::U16, deflate(), Predictor::None, false, |v| v as u16);
+    crate_round_trip::<colortype::Gray16>(DType::U16, Compression::Lzw, Predictor::Horizontal, false, |v| v as u16);
+    crate_round_trip::<colortype::GrayI16>(DType::I16, Compression::Packbits, Predictor::None, false, |v| v as i16);
+    crate_round_trip::<colortype::Gray32>(DType::U32, Compression::Lzw, Predictor::None, true, |v| v as u32);
+    crate_round_trip::<colortype::GrayI32>(DType::I32, Compression::Uncompressed, Predictor::None, false, |v| v as i32);
+    crate_round_trip::<colortype::Gray32Float>(DType::F32, Compression::Uncompressed, Predictor::None, false, |v| {
         v as f32
     });
-    crate_round_trip::<colortype::GrayI16>(
-        DType::I16,
-        deflate(),
-        Predictor::Horizontal,
-        true,
-        |v| v as i16,
-    );
-    crate_round_trip::<colortype::Gray64Float>(
-        DType::F64,
-        deflate(),
-        Predictor::None,
-        false,
-        |v| v,
-    );
-    crate_round_trip::<colortype::Gray64Float>(
-        DType::F64,
-        Compression::Uncompressed,
-        Predictor::None,
-        true,
-        |v| v,
-    );
+    crate_round_trip::<colortype::Gray32Float>(DType::F32, deflate(), Predictor::None, true, |v| v as f32);
+    crate_round_trip::<colortype::GrayI16>(DType::I16, deflate(), Predictor::Horizontal, true, |v| v as i16);
+    crate_round_trip::<colortype::Gray64Float>(DType::F64, deflate(), Predictor::None, false, |v| v);
+    crate_round_trip::<colortype::Gray64Float>(DType::F64, Compression::Uncompressed, Predictor::None, true, |v| v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,11 +465,8 @@ fn reads_big_endian_and_bigtiff_with_scattered_strips() {
     let dir = tempfile::tempdir().unwrap();
     for le in [false, true] {
         for big in [false, true] {
-            for dtype in
-                [DType::U8, DType::I16, DType::U16, DType::I32, DType::U32, DType::F32, DType::F64]
-            {
-                let spec =
-                    Spec { le, big, dtype, rows_per_strip: 2, strip_gap: 3, ..Spec::default() };
+            for dtype in [DType::U8, DType::I16, DType::U16, DType::I32, DType::U32, DType::F32, DType::F64] {
+                let spec = Spec { le, big, dtype, rows_per_strip: 2, strip_gap: 3, ..Spec::default() };
                 let built = build(&spec, 4);
                 let path = built.write(dir.path(), "hand.tif");
                 let mut src = open(&path);
@@ -605,11 +512,7 @@ fn irregular_layouts_fall_back_to_the_ifd_chain() {
     let desc = Some(r#"{"shape": [8, 5, 7]}"#.to_string());
     // Pages 0, 1, 2 and 7 are where a regular layout puts them, pages 4 and 5 are swapped: the
     // prediction only fails when page 4 or 5 is first read.
-    let spec = Spec {
-        description: desc.clone(),
-        ifd_order: Some(vec![0, 1, 2, 3, 5, 4, 6, 7]),
-        ..Spec::default()
-    };
+    let spec = Spec { description: desc.clone(), ifd_order: Some(vec![0, 1, 2, 3, 5, 4, 6, 7]), ..Spec::default() };
     let built = build(&spec, 8);
     let path = built.write(dir.path(), "swapped.tif");
     let mut src = open(&path);
@@ -618,11 +521,7 @@ fn irregular_layouts_fall_back_to_the_ifd_chain() {
     check_reads(&mut src, &planar_frames(&built));
 
     // Irregular already at open (the last page is elsewhere): the chain is walked.
-    let spec = Spec {
-        description: desc,
-        ifd_order: Some(vec![0, 1, 2, 3, 4, 5, 7, 6]),
-        ..Spec::default()
-    };
+    let spec = Spec { description: desc, ifd_order: Some(vec![0, 1, 2, 3, 4, 5, 7, 6]), ..Spec::default() };
     let built = build(&spec, 8);
     let path = built.write(dir.path(), "irregular.tif");
     let mut src = open(&path);
@@ -669,11 +568,7 @@ fn reads_imagej_contiguous_files() {
     assert_eq!(crate_page_count(&path), 1);
 
     // Under 4 GB every page has an IFD; the data is still contiguous.
-    let spec = Spec {
-        first_ifd_only: false,
-        description: Some("ImageJ=1.54f\nimages=6\nfps=7.5\n".into()),
-        ..spec
-    };
+    let spec = Spec { first_ifd_only: false, description: Some("ImageJ=1.54f\nimages=6\nfps=7.5\n".into()), ..spec };
     let built = build(&spec, 6);
     let path = built.write(dir.path(), "imagej_small.tif");
     let mut src = open(&path);
@@ -798,9 +693,7 @@ fn last_frame_of_a_20_gb_file_is_found_without_walking() {
     head.extend(uint(8, 2, true));
     head.extend(uint(0, 2, true));
     head.extend(uint(16, 8, true));
-    head.extend(
-        ifd_bytes(true, true, &entries(data_start, Some((text.len() as u64, text))), 16, tail).0,
-    );
+    head.extend(ifd_bytes(true, true, &entries(data_start, Some((text.len() as u64, text))), 16, tail).0);
     assert!(head.len() as u64 <= data_start);
     f.write_all(&head).unwrap();
     // Last page: a recognisable ramp; the others stay sparse zeros.
@@ -810,23 +703,19 @@ fn last_frame_of_a_20_gb_file_is_found_without_walking() {
     for p in 1..pages {
         let at = tail + (p - 1) * ifd_len;
         let next = if p + 1 < pages { at + ifd_len } else { 0 };
-        f.write_all(
-            &ifd_bytes(true, true, &entries(data_start + p * page_bytes, None), at, next).0,
-        )
-        .unwrap();
+        f.write_all(&ifd_bytes(true, true, &entries(data_start + p * page_bytes, None), at, next).0).unwrap();
     }
     drop(f);
     assert!(std::fs::metadata(&path).unwrap().len() > 20 << 30);
 
-    let t0 = Instant::now();
+    // Speed is a benchmark matter (caiman-bench io_last_frame); here the "regular layout" detail
+    // proves the reader located the last page arithmetically instead of walking 20 480 IFDs.
     let mut src = open(&path);
     let mut frame = vec![0.0; (h * w) as usize];
     src.read_frames(pages as usize - 1, &mut frame).unwrap();
-    let elapsed = t0.elapsed();
     assert!(src.info().detail.contains("regular layout"), "{}", src.info().detail);
     assert_eq!(src.frames(), pages as usize);
     assert_eq!(bits(&frame), bits(&last));
-    assert!(elapsed.as_millis() < 500, "open + last frame took {elapsed:?}");
     src.read_frames(pages as usize / 2, &mut frame).unwrap();
     assert!(frame.iter().all(|&v| v == 0.0));
 }
@@ -836,8 +725,7 @@ fn last_frame_of_a_20_gb_file_is_found_without_walking() {
 // ---------------------------------------------------------------------------------------------
 
 fn random_movie(shape: Shape, seed: u64) -> Movie {
-    let mut s =
-        seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
     let values = (0..shape.len())
         .map(|_| {
             s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
@@ -868,8 +756,7 @@ fn writer_round_trips_f32_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.tif");
     let mut movie = random_movie(Shape::new(5, Dims::planar(6, 9)), 1);
-    let special =
-        [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, f32::MIN_POSITIVE / 4.0, f32::MAX];
+    let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, f32::MIN_POSITIVE / 4.0, f32::MAX];
     movie.as_slice_mut()[..special.len()].copy_from_slice(&special);
     let opts = WriteOptions { fr: 15.0, ..WriteOptions::default() };
     assert_eq!(write_movie(&path, &movie, &opts), path);
@@ -912,8 +799,7 @@ fn writer_u16_rounds_and_clamps() {
     let n = values.len();
     let movie = Movie::from_vec(Shape::new(1, Dims::planar(1, n)), values.clone());
     write_movie(&path, &movie, &opts);
-    let expected: Vec<f32> =
-        values.iter().map(|v| v.round_ties_even().clamp(0.0, 65_535.0)).collect();
+    let expected: Vec<f32> = values.iter().map(|v| v.round_ties_even().clamp(0.0, 65_535.0)).collect();
     assert_eq!(read_all(&mut open(&path)), expected);
 }
 
@@ -954,26 +840,14 @@ fn writer_forced_bigtiff_and_volumes() {
 #[test]
 fn written_files_are_read_by_the_tiff_crate() {
     let dir = tempfile::tempdir().unwrap();
-    for (sample, big) in
-        [(TiffSample::F32, Some(false)), (TiffSample::F32, Some(true)), (TiffSample::U16, None)]
-    {
+    for (sample, big) in [(TiffSample::F32, Some(false)), (TiffSample::F32, Some(true)), (TiffSample::U16, None)] {
         let path = dir.path().join("interop.tif");
-        let movie = random_movie(Shape::new(3, Dims::planar(4, 6)), 5)
-            .into_array4()
-            .mapv(|v| v.abs().round());
+        let movie = random_movie(Shape::new(3, Dims::planar(4, 6)), 5).into_array4().mapv(|v| v.abs().round());
         let movie = Movie::from_array4(movie);
-        write_movie(
-            &path,
-            &movie,
-            &WriteOptions { tiff_sample: sample, bigtiff: big, ..WriteOptions::default() },
-        );
+        write_movie(&path, &movie, &WriteOptions { tiff_sample: sample, bigtiff: big, ..WriteOptions::default() });
         assert_eq!(crate_page_count(&path), 3);
         for t in 0..3 {
-            assert_eq!(
-                bits(&crate_page(&path, t)),
-                bits(movie.frame(t)),
-                "{sample:?} {big:?} page {t}"
-            );
+            assert_eq!(bits(&crate_page(&path, t)), bits(movie.frame(t)), "{sample:?} {big:?} page {t}");
         }
         let mut dec = Decoder::new(File::open(&path).unwrap()).unwrap();
         let desc = dec.get_tag_ascii_string(tiff::tags::Tag::ImageDescription).unwrap();
@@ -1091,10 +965,7 @@ fn rejects_strips_outside_the_file_and_inconsistent_pages() {
     let built = build(&Spec::default(), 4);
     // Single-strip pages: the offset is inline in the StripOffsets entry of page 2.
     let ifd = built.ifd_pos[2];
-    let entry = (0..10)
-        .map(|i| ifd + 2 + 12 * i)
-        .find(|&e| built.bytes[e..e + 2] == 273u16.to_le_bytes())
-        .unwrap();
+    let entry = (0..10).map(|i| ifd + 2 + 12 * i).find(|&e| built.bytes[e..e + 2] == 273u16.to_le_bytes()).unwrap();
     let mut bytes = built.bytes.clone();
     assert_eq!(
         u32::from_le_bytes(bytes[entry + 8..entry + 12].try_into().unwrap()) as usize,
@@ -1133,25 +1004,12 @@ fn rejects_strips_outside_the_file_and_inconsistent_pages() {
 fn truncated_files_give_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let written = dir.path().join("w.tif");
-    write_movie(
-        &written,
-        &random_movie(Shape::new(3, Dims::planar(4, 5)), 6),
-        &WriteOptions::default(),
-    );
+    write_movie(&written, &random_movie(Shape::new(3, Dims::planar(4, 5)), 6), &WriteOptions::default());
     let compressed = dir.path().join("c.tif");
-    let pages: Vec<Vec<u16>> =
-        (0..3).map(|t| (0..35).map(|i| value(DType::U16, t, i) as u16).collect()).collect();
-    encode_file::<colortype::Gray16>(
-        &compressed,
-        false,
-        Compression::Lzw,
-        Predictor::None,
-        7,
-        5,
-        &pages,
-    );
-    let hand = build(&Spec { le: false, big: true, rows_per_strip: 2, ..Spec::default() }, 3)
-        .write(dir.path(), "h.tif");
+    let pages: Vec<Vec<u16>> = (0..3).map(|t| (0..35).map(|i| value(DType::U16, t, i) as u16).collect()).collect();
+    encode_file::<colortype::Gray16>(&compressed, false, Compression::Lzw, Predictor::None, 7, 5, &pages);
+    let hand =
+        build(&Spec { le: false, big: true, rows_per_strip: 2, ..Spec::default() }, 3).write(dir.path(), "h.tif");
     let cut = dir.path().join("cut.tif");
     for full in [written, compressed, hand] {
         let bytes = std::fs::read(&full).unwrap();
@@ -1211,13 +1069,9 @@ fn writer_errors_leave_no_file() {
     let frame = [1.0f32; 20];
 
     // Zero frames.
-    let err =
-        TiffWriter::create(&dest, Shape::new(0, Dims::planar(4, 5)), &WriteOptions::default())
-            .unwrap_err();
+    let err = TiffWriter::create(&dest, Shape::new(0, Dims::planar(4, 5)), &WriteOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Empty { .. }), "{err}");
-    let err = caiman_io::create(&dest, Shape::new(0, Dims::planar(4, 5)), &WriteOptions::default())
-        .err()
-        .unwrap();
+    let err = caiman_io::create(&dest, Shape::new(0, Dims::planar(4, 5)), &WriteOptions::default()).err().unwrap();
     assert!(matches!(err, Error::Empty { .. }), "{err}");
 
     // Abandoned after one frame.
@@ -1239,17 +1093,11 @@ fn writer_errors_leave_no_file() {
 
     // A classic TIFF cannot hold 100 GB; nothing is created.
     let huge = Shape::new(100_000, Dims::planar(512, 512));
-    let err = TiffWriter::create(
-        &dest,
-        huge,
-        &WriteOptions { bigtiff: Some(false), ..WriteOptions::default() },
-    )
-    .unwrap_err();
+    let err =
+        TiffWriter::create(&dest, huge, &WriteOptions { bigtiff: Some(false), ..WriteOptions::default() }).unwrap_err();
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
     // Into a directory that does not exist.
-    let err =
-        TiffWriter::create(&dir.path().join("no/such/dir.tif"), shape, &WriteOptions::default())
-            .unwrap_err();
+    let err = TiffWriter::create(&dir.path().join("no/such/dir.tif"), shape, &WriteOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
     // Onto a directory.
     let err = TiffWriter::create(dir.path(), shape, &WriteOptions::default()).unwrap_err();

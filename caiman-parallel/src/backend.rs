@@ -149,12 +149,8 @@ impl Backend {
         let inner = InnerThreads::resolve(self.explicit_inner_threads(), workers);
         let executor = match self {
             Backend::Linear { .. } => AnyExecutor::Linear(Linear::with_resolved(inner)),
-            Backend::Threads { .. } => {
-                AnyExecutor::Threads(Threads::with_resolved(workers, inner)?)
-            }
-            Backend::Processes { .. } => {
-                AnyExecutor::Processes(Processes::with_resolved(workers, inner)?)
-            }
+            Backend::Threads { .. } => AnyExecutor::Threads(Threads::with_resolved(workers, inner)?),
+            Backend::Processes { .. } => AnyExecutor::Processes(Processes::with_resolved(workers, inner)?),
         };
         tracing::debug!(backend = %self, "caiman-parallel: built from backend");
         Ok(executor)
@@ -164,9 +160,7 @@ impl Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.strategy().as_str())?;
-        if let Backend::Threads { workers: Some(w), .. }
-        | Backend::Processes { workers: Some(w), .. } = self
-        {
+        if let Backend::Threads { workers: Some(w), .. } | Backend::Processes { workers: Some(w), .. } = self {
             write!(f, ":{w}")?;
         }
         if let Some(n) = self.explicit_inner_threads() {
@@ -183,12 +177,9 @@ impl FromStr for Backend {
     fn from_str(s: &str) -> Result<Self, ExecError> {
         let s = s.trim();
         if s.starts_with('{') {
-            return serde_json::from_str(s)
-                .map_err(|e| ExecError::Config(format!("backend {s:?}: {e}")));
+            return serde_json::from_str(s).map_err(|e| ExecError::Config(format!("backend {s:?}: {e}")));
         }
-        let bad = |why: &str| {
-            ExecError::Config(format!("backend {s:?}: {why} (expected kind[:workers][,inner=N])"))
-        };
+        let bad = |why: &str| ExecError::Config(format!("backend {s:?}: {why} (expected kind[:workers][,inner=N])"));
         let (head, inner) = match s.split_once(',') {
             Some((head, rest)) => {
                 let n = rest.strip_prefix("inner=").ok_or_else(|| bad("unknown option"))?;
@@ -197,9 +188,7 @@ impl FromStr for Backend {
             None => (s, None),
         };
         let (kind, workers) = match head.split_once(':') {
-            Some((kind, w)) => {
-                (kind, Some(w.parse::<usize>().map_err(|_| bad("workers must be a number"))?))
-            }
+            Some((kind, w)) => (kind, Some(w.parse::<usize>().map_err(|_| bad("workers must be a number"))?)),
             None => (head, None),
         };
         let backend = match kind.to_ascii_lowercase().as_str() {
@@ -272,17 +261,10 @@ mod tests {
         assert_eq!(b, Backend::linear());
         let b: Backend = serde_json::from_str(r#"{"kind":"threads","inner_threads":1}"#).unwrap();
         assert_eq!(b, Backend::Threads { workers: None, inner_threads: Some(1) });
-        assert_eq!(
-            serde_json::to_string(&Backend::threads(3)).unwrap(),
-            r#"{"kind":"threads","workers":3}"#
-        );
+        assert_eq!(serde_json::to_string(&Backend::threads(3)).unwrap(), r#"{"kind":"threads","workers":3}"#);
         assert!(serde_json::from_str::<Backend>(r#"{"kind":"threads","wokers":3}"#).is_err());
         assert!(serde_json::from_str::<Backend>(r#"{"kind":"gpu"}"#).is_err());
-        for b in [
-            Backend::default(),
-            Backend::linear(),
-            Backend::processes(2).with_inner_threads(Some(1)),
-        ] {
+        for b in [Backend::default(), Backend::linear(), Backend::processes(2).with_inner_threads(Some(1))] {
             let json = serde_json::to_string(&b).unwrap();
             assert_eq!(serde_json::from_str::<Backend>(&json).unwrap(), b, "{json}");
         }
@@ -290,22 +272,12 @@ mod tests {
 
     #[test]
     fn string_forms_round_trip() {
-        for s in [
-            "linear",
-            "threads",
-            "threads:3",
-            "processes:4",
-            "processes:2,inner=1",
-            "linear,inner=2",
-        ] {
+        for s in ["linear", "threads", "threads:3", "processes:4", "processes:2,inner=1", "linear,inner=2"] {
             let b: Backend = s.parse().unwrap();
             assert_eq!(b.to_string(), s);
         }
         assert_eq!("PROCESSES:2".parse::<Backend>().unwrap(), Backend::processes(2));
-        assert_eq!(
-            r#"{"kind":"threads","workers":2}"#.parse::<Backend>().unwrap(),
-            Backend::threads(2)
-        );
+        assert_eq!(r#"{"kind":"threads","workers":2}"#.parse::<Backend>().unwrap(), Backend::threads(2));
         for bad in ["gpu", "threads:x", "linear:2", "threads:2,outer=1", "processes:2,inner=z"] {
             assert!(bad.parse::<Backend>().is_err(), "{bad}");
         }
@@ -317,20 +289,14 @@ mod tests {
         assert_eq!(Backend::default().workers(), default_workers());
         assert!(default_workers() >= 1);
         assert_eq!(Backend::from_caiman("single", Some(8)).unwrap(), Backend::linear());
-        assert_eq!(
-            Backend::from_caiman("multiprocessing", Some(3)).unwrap(),
-            Backend::processes(3)
-        );
+        assert_eq!(Backend::from_caiman("multiprocessing", Some(3)).unwrap(), Backend::processes(3));
         assert!(Backend::from_caiman("dask", None).is_err());
     }
 
     #[test]
     fn build_applies_the_configuration() {
         let e = Backend::threads(2).with_inner_threads(Some(1)).build().unwrap();
-        assert_eq!(
-            (e.strategy(), e.workers(), e.inner_threads().per_task),
-            (Strategy::Threads, 2, 1)
-        );
+        assert_eq!((e.strategy(), e.workers(), e.inner_threads().per_task), (Strategy::Threads, 2, 1));
         assert!(Backend::threads(0).build().is_err());
         assert!(Backend::processes(0).build().is_err());
         let e = Backend::linear().build().unwrap();

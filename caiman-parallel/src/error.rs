@@ -40,6 +40,8 @@ pub enum ExecError {
 
     /// A worker process ended (killed, aborted, exited) or closed its pipe. The executor killed
     /// and reaped every other worker; results of the map are discarded, none is half-delivered.
+    /// (Non-exhaustive: a multi-node executor may add where the worker ran.)
+    #[non_exhaustive]
     #[error(
         "worker {worker} (pid {pid}) {status}{}; {completed} of {tasks} task(s) had completed, the map is abandoned",
         match running { Some((task, index)) => format!(" while running task {task}[{index}]"), None => String::new() }

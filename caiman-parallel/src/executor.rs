@@ -56,9 +56,7 @@ pub(crate) fn run_caught<T: Task>(task: T, ctx: &TaskCtx) -> Result<T::Output, E
     match catch_unwind(AssertUnwindSafe(|| task.run(ctx))) {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(source)) => Err(ExecError::TaskFailed { task: T::NAME, index, source }),
-        Err(payload) => {
-            Err(ExecError::TaskPanicked { task: T::NAME, index, message: panic_message(&*payload) })
-        }
+        Err(payload) => Err(ExecError::TaskPanicked { task: T::NAME, index, message: panic_message(&*payload) }),
     }
 }
 
@@ -163,10 +161,7 @@ impl<O> Collector<O> {
             .into_iter()
             .enumerate()
             .map(|(i, o)| {
-                o.ok_or_else(|| ExecError::Protocol {
-                    worker: 0,
-                    detail: format!("task {i} produced no output"),
-                })
+                o.ok_or_else(|| ExecError::Protocol { worker: 0, detail: format!("task {i} produced no output") })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let stats = RunStats {

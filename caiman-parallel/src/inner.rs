@@ -21,13 +21,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The environment variables that cap inner threads, in the order they are reported.
-pub const THREAD_ENV_VARS: [&str; 5] = [
-    "RAYON_NUM_THREADS",
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-];
+pub const THREAD_ENV_VARS: [&str; 5] =
+    ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"];
 
 /// The resolved number of inner threads per task, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,10 +92,9 @@ impl InnerThreads {
             })
             .min_by_key(|&(_, value)| value);
         match cap {
-            Some((var, value)) if value < share => Self {
-                per_task: value,
-                source: InnerSource::Env { var: var.to_owned(), value, share },
-            },
+            Some((var, value)) if value < share => {
+                Self { per_task: value, source: InnerSource::Env { var: var.to_owned(), value, share } }
+            }
             _ => Self { per_task: share, source: InnerSource::Share { cores, workers } },
         }
     }
@@ -148,8 +142,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
     }
 
@@ -180,16 +173,10 @@ mod tests {
             None,
             1,
             8,
-            env(&[
-                ("OMP_NUM_THREADS", "4"),
-                ("OPENBLAS_NUM_THREADS", "1"),
-                ("RAYON_NUM_THREADS", "3"),
-            ]),
+            env(&[("OMP_NUM_THREADS", "4"), ("OPENBLAS_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "3")]),
         );
         assert_eq!(r.per_task, 1);
-        assert!(
-            matches!(r.source, InnerSource::Env { ref var, .. } if var == "OPENBLAS_NUM_THREADS")
-        );
+        assert!(matches!(r.source, InnerSource::Env { ref var, .. } if var == "OPENBLAS_NUM_THREADS"));
     }
 
     #[test]

@@ -162,10 +162,7 @@ pub fn thread_cpu_time() -> Duration {
         // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
         let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         if rc == 0 {
-            return Duration::new(
-                u64::try_from(ts.tv_sec).unwrap_or(0),
-                u32::try_from(ts.tv_nsec).unwrap_or(0),
-            );
+            return Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0));
         }
     }
     Duration::ZERO

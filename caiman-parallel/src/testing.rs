@@ -116,9 +116,7 @@ impl Task for TestTask {
     fn run(self, ctx: &TaskCtx) -> Result<TestOutput, TaskError> {
         let value = match self.action {
             Action::Echo(bytes) => Value::Bytes(bytes),
-            Action::Floats { seed, len } => {
-                Value::Floats(floats(ctx.seed(seed), len as usize, ctx.par()))
-            }
+            Action::Floats { seed, len } => Value::Floats(floats(ctx.seed(seed), len as usize, ctx.par())),
             Action::Spin { iters } => Value::Hash(spin(self.id, iters)),
             Action::Fail(message) => return Err(TaskError::msg(message)),
             Action::Panic(message) => panic!("{message}"),
@@ -143,9 +141,7 @@ impl Task for Square {
     type Output = u64;
 
     fn run(self, _: &TaskCtx) -> Result<u64, TaskError> {
-        self.0
-            .checked_mul(self.0)
-            .ok_or_else(|| TaskError::msg(format!("{} squared overflows", self.0)))
+        self.0.checked_mul(self.0).ok_or_else(|| TaskError::msg(format!("{} squared overflows", self.0)))
     }
 }
 
@@ -215,16 +211,8 @@ fn spin(id: u64, iters: u64) -> u64 {
 }
 
 fn floats(seed: u64, len: usize, par: Par) -> Vec<f32> {
-    const SPECIAL: [u32; 8] = [
-        0x7fc0_0001,
-        0xffc0_1234,
-        0x8000_0000,
-        0x0000_0000,
-        0x7f80_0000,
-        0xff80_0000,
-        0x0000_0001,
-        0x807f_ffff,
-    ];
+    const SPECIAL: [u32; 8] =
+        [0x7fc0_0001, 0xffc0_1234, 0x8000_0000, 0x0000_0000, 0x7f80_0000, 0xff80_0000, 0x0000_0001, 0x807f_ffff];
     let mut out = vec![0f32; len];
     par.for_each_chunk_mut(&mut out, 64, |chunk, values| {
         for (j, v) in values.iter_mut().enumerate() {
@@ -251,10 +239,7 @@ fn inner_report(ctx: &TaskCtx) -> InnerReport {
     InnerReport {
         par: ctx.par().degree(),
         threads_used,
-        env: crate::inner::THREAD_ENV_VARS
-            .iter()
-            .map(|&k| (k.to_owned(), std::env::var(k).ok()))
-            .collect(),
+        env: crate::inner::THREAD_ENV_VARS.iter().map(|&k| (k.to_owned(), std::env::var(k).ok())).collect(),
         rayon_threads: rayon::current_num_threads(),
         os_threads: os_threads(),
         pid: std::process::id(),
@@ -269,10 +254,7 @@ fn os_threads() -> Option<usize> {
 
 /// Runs the tasks one by one in this thread with inner parallelism `par`: the reference that
 /// every executor must match bit for bit. Returns the first error as `(index, message)`.
-pub fn reference<T: Task + Clone>(
-    tasks: &[T],
-    par: Par,
-) -> Result<Vec<T::Output>, (usize, String)> {
+pub fn reference<T: Task + Clone>(tasks: &[T], par: Par) -> Result<Vec<T::Output>, (usize, String)> {
     tasks
         .iter()
         .enumerate()
@@ -328,18 +310,13 @@ pub fn check_executor<E: Executor>(executor: &E) {
     // Mixed tasks, outputs in order and bit-identical to the reference.
     let tasks = mixed_tasks(41);
     let expected = reference(&tasks, par).expect("reference run");
-    let (out, stats) =
-        executor.map(tasks.clone()).unwrap_or_else(|e| panic!("{label}: mixed map: {e}"));
+    let (out, stats) = executor.map(tasks.clone()).unwrap_or_else(|e| panic!("{label}: mixed map: {e}"));
     assert_bit_identical(&out, &expected, &label);
     for (i, o) in out.iter().enumerate() {
         assert_eq!((o.id, o.index), (i as u64, i as u64), "{label}: order");
     }
     assert_eq!(stats.strategy, executor.strategy(), "{label}: stats strategy");
-    assert_eq!(
-        (stats.tasks, stats.workers, stats.inner_threads),
-        (41, executor.workers(), inner),
-        "{label}: stats"
-    );
+    assert_eq!((stats.tasks, stats.workers, stats.inner_threads), (41, executor.workers(), inner), "{label}: stats");
     assert_eq!(
         (stats.task_wall.len(), stats.task_cpu.len(), stats.task_worker.len()),
         (41, 41, 41),
@@ -347,45 +324,28 @@ pub fn check_executor<E: Executor>(executor: &E) {
     );
     assert!(stats.task_worker.iter().all(|&w| w < executor.workers()), "{label}: worker indices");
     assert!(stats.wall >= *stats.task_wall.iter().max().unwrap(), "{label}: wall < a task's wall");
-    assert!(
-        stats.task_wall[3] >= std::time::Duration::from_millis(1),
-        "{label}: sleep task wall time"
-    );
+    assert!(stats.task_wall[3] >= std::time::Duration::from_millis(1), "{label}: sleep task wall time");
     assert!(stats.cpu_total > std::time::Duration::ZERO, "{label}: cpu_total");
     assert!(stats.peak_rss.parent_kib > 0, "{label}: parent peak rss");
     if executor.strategy() == Strategy::Processes {
         assert_eq!(stats.peak_rss.workers_kib.len(), executor.workers(), "{label}: worker peaks");
         assert!(stats.peak_rss.workers_kib.iter().all(|&k| k > 0), "{label}: worker peaks");
-        assert_eq!(
-            stats.peak_rss.total_kib,
-            stats.peak_rss.parent_kib + stats.peak_rss.workers_sum_kib
-        );
+        assert_eq!(stats.peak_rss.total_kib, stats.peak_rss.parent_kib + stats.peak_rss.workers_sum_kib);
     }
 
     // Big payloads both ways (several frames' worth of pipe buffer).
     let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let tasks = vec![
-        TestTask::new(0, Action::Echo(big.clone())),
-        TestTask::new(1, Action::Floats { seed: 9, len: 300_000 }),
-    ];
-    let out = executor
-        .map_outputs(tasks.clone())
-        .unwrap_or_else(|e| panic!("{label}: big payloads: {e}"));
+    let tasks =
+        vec![TestTask::new(0, Action::Echo(big.clone())), TestTask::new(1, Action::Floats { seed: 9, len: 300_000 })];
+    let out = executor.map_outputs(tasks.clone()).unwrap_or_else(|e| panic!("{label}: big payloads: {e}"));
     assert_bit_identical(&out, &reference(&tasks, par).unwrap(), &label);
 
     // Other task types, including one that needs the JSON codec.
     let squares = executor.map_outputs((0..20).map(Square).collect()).expect("squares");
     assert_eq!(squares, (0..20u64).map(|x| x * x).collect::<Vec<_>>(), "{label}: squares");
-    let shapes = vec![
-        JsonTask { shape: Shape::Rect { w: 1.5, h: 0.1 } },
-        JsonTask { shape: Shape::Circle { r: 0.3 } },
-    ];
+    let shapes = vec![JsonTask { shape: Shape::Rect { w: 1.5, h: 0.1 } }, JsonTask { shape: Shape::Circle { r: 0.3 } }];
     let out = executor.map_outputs(shapes).expect("json codec");
-    assert_eq!(
-        out,
-        vec![Shape::Rect { w: 0.1, h: 1.5 }, Shape::Circle { r: 0.6 }],
-        "{label}: json"
-    );
+    assert_eq!(out, vec![Shape::Rect { w: 0.1, h: 1.5 }, Shape::Circle { r: 0.6 }], "{label}: json");
 
     // A failing task is named, with its index.
     let mut tasks = mixed_tasks(12);
@@ -429,29 +389,18 @@ pub fn check_executor<E: Executor>(executor: &E) {
 
     // Still usable.
     let tasks = mixed_tasks(9);
-    let out = executor
-        .map_outputs(tasks.clone())
-        .unwrap_or_else(|e| panic!("{label}: map after failures: {e}"));
+    let out = executor.map_outputs(tasks.clone()).unwrap_or_else(|e| panic!("{label}: map after failures: {e}"));
     assert_bit_identical(&out, &reference(&tasks, par).unwrap(), &label);
 
     // Inner threads: every task gets the executor's share and uses no more.
-    let tasks: Vec<_> =
-        (0..2 * executor.workers() as u64).map(|i| TestTask::new(i, Action::Inner)).collect();
+    let tasks: Vec<_> = (0..2 * executor.workers() as u64).map(|i| TestTask::new(i, Action::Inner)).collect();
     for o in executor.map_outputs(tasks).expect("inner report") {
         let Value::Inner(report) = o.value else { panic!("{label}: not an inner report") };
         assert_eq!(report.par, inner, "{label}: task's par");
-        assert!(
-            report.threads_used <= inner,
-            "{label}: task used {} threads > {inner}",
-            report.threads_used
-        );
+        assert!(report.threads_used <= inner, "{label}: task used {} threads > {inner}", report.threads_used);
         if executor.strategy() == Strategy::Processes {
             for (var, value) in &report.env {
-                assert_eq!(
-                    value.as_deref(),
-                    Some(inner.to_string().as_str()),
-                    "{label}: worker's {var}"
-                );
+                assert_eq!(value.as_deref(), Some(inner.to_string().as_str()), "{label}: worker's {var}");
             }
         }
     }

@@ -68,10 +68,7 @@ impl Threads {
 
 impl std::fmt::Debug for Threads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Threads")
-            .field("workers", &self.workers)
-            .field("inner", &self.inner)
-            .finish()
+        f.debug_struct("Threads").field("workers", &self.workers).field("inner", &self.inner).finish()
     }
 }
 
@@ -79,8 +76,7 @@ impl Executor for Threads {
     fn map<T: Task>(&self, tasks: Vec<T>) -> Result<(Vec<T::Output>, RunStats), ExecError> {
         let n = tasks.len();
         let par = Par::new(self.inner.per_task);
-        let collector =
-            Mutex::new(Collector::new(Strategy::Threads, self.workers, par.degree(), n));
+        let collector = Mutex::new(Collector::new(Strategy::Threads, self.workers, par.degree(), n));
         let queue = Mutex::new(tasks.into_iter().enumerate());
         let stop = AtomicBool::new(false);
         self.pool.scope(|scope| {

@@ -17,9 +17,7 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 /// The comparable outcome of a map: postcard bytes of each output, or (index, error text).
-fn outcome(
-    result: Result<Vec<TestOutput>, ExecError>,
-) -> Result<Vec<Vec<u8>>, (Option<usize>, String)> {
+fn outcome(result: Result<Vec<TestOutput>, ExecError>) -> Result<Vec<Vec<u8>>, (Option<usize>, String)> {
     match result {
         Ok(out) => Ok(out.iter().map(|o| postcard::to_stdvec(o).unwrap()).collect()),
         Err(e) => Err((e.task_index(), e.to_string())),

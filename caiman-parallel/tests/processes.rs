@@ -2,6 +2,9 @@
 //! programs, shutdown, orphans, zombies and inherited thread limits. Waits are bounded; nothing
 //! here asserts on speed.
 
+// This crate is the one allowed to start threads and processes; its tests drive them directly.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -78,10 +81,7 @@ fn a_killed_worker_fails_the_map_and_leaves_no_process_behind() {
     match result {
         Err(ExecError::WorkerDied { pid, status, running, completed, tasks, .. }) => {
             assert_eq!(pid, victim);
-            assert_eq!(
-                status,
-                ExitStatusInfo::Signaled { signal: libc::SIGKILL, core_dumped: false }
-            );
+            assert_eq!(status, ExitStatusInfo::Signaled { signal: libc::SIGKILL, core_dumped: false });
             assert_eq!(running.map(|(name, _)| name), Some(TestTask::NAME));
             assert_eq!((completed, tasks), (0, 4), "nothing completed, nothing delivered");
         }
@@ -114,9 +114,7 @@ fn aborting_and_exiting_workers_are_reported_with_their_task() {
         let (result, pool) = bounded(move || (pool.map(tasks), pool));
         match result {
             Err(e @ ExecError::WorkerDied { .. }) => {
-                let ExecError::WorkerDied { status, running, tasks, .. } = &e else {
-                    unreachable!()
-                };
+                let ExecError::WorkerDied { status, running, tasks, .. } = &e else { unreachable!() };
                 // A core dump may or may not be written, depending on the machine.
                 let status = match status {
                     ExitStatusInfo::Signaled { signal, .. } => {
@@ -149,14 +147,9 @@ fn dropping_the_executor_reaps_its_workers() {
 
 #[test]
 fn workers_exit_when_their_parent_dies() {
-    let mut driver =
-        Command::new(WORKER).args(["drive", "2", "30000"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut driver = Command::new(WORKER).args(["drive", "2", "30000"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(driver.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(driver.stdout.take().unwrap()), &mut line).unwrap();
     let pids: Vec<u32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
     assert_eq!(pids.len(), 2, "{line:?}");
     driver.kill().unwrap();
@@ -199,8 +192,7 @@ fn unregistered_task_types_are_named() {
 #[test]
 fn programs_that_are_not_workers_fail_the_handshake() {
     // Prints something else: fails at once, and the program is killed and reaped.
-    let chatty =
-        Processes::new(1).unwrap().program("/bin/sh").program_args(["-c", "echo hello; sleep 30"]);
+    let chatty = Processes::new(1).unwrap().program("/bin/sh").program_args(["-c", "echo hello; sleep 30"]);
     let started = Instant::now();
     match bounded(move || chatty.start()) {
         Err(ExecError::Handshake { detail, .. }) => assert!(detail.contains("hello"), "{detail}"),

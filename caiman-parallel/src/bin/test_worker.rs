@@ -23,8 +23,7 @@ fn main() {
             let mut out = std::io::stdout();
             writeln!(out, "{}", pids.join(" ")).expect("stdout");
             out.flush().expect("stdout");
-            let tasks =
-                (0..workers as u64).map(|i| TestTask::new(i, Action::Sleep { ms })).collect();
+            let tasks = (0..workers as u64).map(|i| TestTask::new(i, Action::Sleep { ms })).collect();
             let result = pool.map_outputs(tasks);
             writeln!(out, "done: {}", result.is_ok()).expect("stdout");
         }

@@ -193,8 +193,7 @@ impl Processes {
             return Err(ExecError::NestedProcesses);
         }
         let (tx, events) = mpsc::channel();
-        let mut pool =
-            Pool { procs: Vec::with_capacity(self.workers), events, program: self.program.clone() };
+        let mut pool = Pool { procs: Vec::with_capacity(self.workers), events, program: self.program.clone() };
         for worker in 0..self.workers {
             match self.spawn_worker(worker, tx.clone()) {
                 Ok(proc) => pool.procs.push(proc),
@@ -243,13 +242,7 @@ impl Processes {
             kill_and_reap(&mut child);
             return Err(spawn_error(e));
         }
-        Ok(WorkerProc {
-            child,
-            stdin: BufWriter::new(stdin),
-            pid,
-            tasks: Vec::new(),
-            peak_rss_kib: 0,
-        })
+        Ok(WorkerProc { child, stdin: BufWriter::new(stdin), pid, tasks: Vec::new(), peak_rss_kib: 0 })
     }
 }
 
@@ -264,8 +257,7 @@ impl Drop for Processes {
 
 impl Executor for Processes {
     fn map<T: Task>(&self, tasks: Vec<T>) -> Result<(Vec<T::Output>, RunStats), ExecError> {
-        let mut collector =
-            Collector::new(Strategy::Processes, self.workers, self.inner.per_task, tasks.len());
+        let mut collector = Collector::new(Strategy::Processes, self.workers, self.inner.per_task, tasks.len());
         if tasks.is_empty() {
             return collector.finish(Vec::new());
         }
@@ -407,12 +399,7 @@ impl Pool {
 
     /// Runs the map; `Err` means the pool is broken and must be torn down. Task failures are
     /// recorded in `collector` and are not fatal.
-    fn run<T: Task>(
-        &mut self,
-        tasks: &[T],
-        collector: &mut Collector<T::Output>,
-        inner: usize,
-    ) -> Result<(), Fatal> {
+    fn run<T: Task>(&mut self, tasks: &[T], collector: &mut Collector<T::Output>, inner: usize) -> Result<(), Fatal> {
         let n = tasks.len();
         let mut in_flight: Vec<Option<usize>> = vec![None; self.procs.len()];
         let mut next = 0;
@@ -432,18 +419,12 @@ impl Pool {
                 }
             };
             match event {
-                Event::Frame(
-                    w,
-                    Response::Done { index, outcome, wall_ns, cpu_ns, peak_rss_kib },
-                ) => {
+                Event::Frame(w, Response::Done { index, outcome, wall_ns, cpu_ns, peak_rss_kib }) => {
                     let index = usize::try_from(index).unwrap_or(usize::MAX);
                     if in_flight[w] != Some(index) {
                         return Err(ExecError::Protocol {
                             worker: w,
-                            detail: format!(
-                                "result for task {index}, but it was running {:?}",
-                                in_flight[w]
-                            ),
+                            detail: format!("result for task {index}, but it was running {:?}", in_flight[w]),
                         });
                     }
                     in_flight[w] = None;
@@ -456,19 +437,10 @@ impl Pool {
                     self.dispatch(w, tasks, &mut next, &mut in_flight, collector, inner)?;
                 }
                 Event::Frame(w, Response::Ready { .. }) => {
-                    return Err(ExecError::Protocol {
-                        worker: w,
-                        detail: "unexpected handshake".into(),
-                    });
+                    return Err(ExecError::Protocol { worker: w, detail: "unexpected handshake".into() });
                 }
                 Event::Closed(w, why) => {
-                    return Err(self.died(
-                        w,
-                        &why,
-                        in_flight[w].map(|i| (T::NAME, i)),
-                        collector.completed(),
-                        n,
-                    ));
+                    return Err(self.died(w, &why, in_flight[w].map(|i| (T::NAME, i)), collector.completed(), n));
                 }
             }
         }
@@ -507,13 +479,7 @@ impl Pool {
         let stdin = &mut self.procs[w].stdin;
         if let Err(e) = write_frame(stdin, &request).and_then(|()| stdin.flush()) {
             let why = format!("sending it a task failed ({e})");
-            return Err(self.died(
-                w,
-                &why,
-                Some((T::NAME, index)),
-                collector.completed(),
-                tasks.len(),
-            ));
+            return Err(self.died(w, &why, Some((T::NAME, index)), collector.completed(), tasks.len()));
         }
         in_flight[w] = Some(index);
         Ok(())
@@ -537,19 +503,9 @@ impl Pool {
         match proc.wait_exit(EXIT_GRACE) {
             Some(status) => {
                 tracing::error!(worker = w, pid = proc.pid, %status, ?running, "caiman-parallel: worker process died");
-                ExecError::WorkerDied {
-                    worker: w,
-                    pid: proc.pid,
-                    status,
-                    running,
-                    completed,
-                    tasks,
-                }
+                ExecError::WorkerDied { worker: w, pid: proc.pid, status, running, completed, tasks }
             }
-            None => ExecError::Protocol {
-                worker: w,
-                detail: format!("{why}, but the process is still running"),
-            },
+            None => ExecError::Protocol { worker: w, detail: format!("{why}, but the process is still running") },
         }
     }
 
@@ -559,16 +515,12 @@ impl Pool {
         let Pool { procs, .. } = &mut self;
         if graceful {
             for proc in procs.iter_mut() {
-                let _ = write_frame(&mut proc.stdin, &Request::Shutdown)
-                    .and_then(|()| proc.stdin.flush());
+                let _ = write_frame(&mut proc.stdin, &Request::Shutdown).and_then(|()| proc.stdin.flush());
             }
             let deadline = Instant::now() + Duration::from_secs(1);
             for proc in procs.iter_mut() {
                 if proc.wait_exit(deadline.saturating_duration_since(Instant::now())).is_none() {
-                    tracing::warn!(
-                        pid = proc.pid,
-                        "worker did not exit after shutdown; killing it"
-                    );
+                    tracing::warn!(pid = proc.pid, "worker did not exit after shutdown; killing it");
                 }
             }
         }
@@ -586,9 +538,7 @@ impl WorkerProc {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return Some(ExitStatusInfo::from_status(status)),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
                 Ok(None) => return None,
                 Err(_) => return Some(ExitStatusInfo::Unknown),
             }
@@ -605,11 +555,7 @@ fn kill_and_reap(child: &mut Child) {
 }
 
 /// Turns a worker's outcome into the map's result for that task.
-fn decode_outcome<T: Task>(
-    outcome: Outcome,
-    index: usize,
-    program: &std::path::Path,
-) -> Result<T::Output, ExecError> {
+fn decode_outcome<T: Task>(outcome: Outcome, index: usize, program: &std::path::Path) -> Result<T::Output, ExecError> {
     match outcome {
         Outcome::Ok(bytes) => T::CODEC.decode(&bytes).map_err(|e| ExecError::Codec {
             task: T::NAME,
@@ -617,12 +563,8 @@ fn decode_outcome<T: Task>(
             detail: format!("decoding the output: {e}"),
         }),
         Outcome::Failed(source) => Err(ExecError::TaskFailed { task: T::NAME, index, source }),
-        Outcome::Panicked(message) => {
-            Err(ExecError::TaskPanicked { task: T::NAME, index, message })
-        }
-        Outcome::Unknown(_) => {
-            Err(ExecError::Unregistered { task: T::NAME, program: program.to_owned() })
-        }
+        Outcome::Panicked(message) => Err(ExecError::TaskPanicked { task: T::NAME, index, message }),
+        Outcome::Unknown(_) => Err(ExecError::Unregistered { task: T::NAME, program: program.to_owned() }),
         Outcome::Codec(detail) => Err(ExecError::Codec { task: T::NAME, index, detail }),
     }
 }

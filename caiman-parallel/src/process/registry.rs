@@ -130,16 +130,12 @@ impl Registry {
         let mut output = BufWriter::new(output);
         output.write_all(&MAGIC)?;
         let tasks = self.names().map(String::from).collect();
-        write_frame(
-            &mut output,
-            &Response::Ready { pid: std::process::id(), tasks, peak_rss_kib: peak_rss_kib() },
-        )?;
+        write_frame(&mut output, &Response::Ready { pid: std::process::id(), tasks, peak_rss_kib: peak_rss_kib() })?;
         output.flush()?;
         while let Some(request) = read_frame::<Request>(&mut input)? {
             match request {
                 Request::Run { index, worker, task, inner, payload } => {
-                    let ctx =
-                        TaskCtx::new(index as usize, worker as usize, Par::new(inner as usize));
+                    let ctx = TaskCtx::new(index as usize, worker as usize, Par::new(inner as usize));
                     let (t0, c0) = (Instant::now(), process_cpu_time());
                     let outcome = match self.handlers.get(task.as_str()) {
                         Some((_, handler)) => handler(&payload, &ctx),
@@ -147,13 +143,7 @@ impl Registry {
                     };
                     let wall_ns = nanos(t0.elapsed());
                     let cpu_ns = nanos(process_cpu_time().saturating_sub(c0));
-                    let done = Response::Done {
-                        index,
-                        outcome,
-                        wall_ns,
-                        cpu_ns,
-                        peak_rss_kib: peak_rss_kib(),
-                    };
+                    let done = Response::Done { index, outcome, wall_ns, cpu_ns, peak_rss_kib: peak_rss_kib() };
                     write_frame(&mut output, &done)?;
                     output.flush()?;
                 }
@@ -271,20 +261,13 @@ mod tests {
     fn serves_runs_errors_panics_and_unknown_tasks() {
         let mut input = Vec::new();
         for (i, n) in [21u32, 0, 1].into_iter().enumerate() {
-            write_frame(
-                &mut input,
-                &request(i as u64, Double::NAME, postcard::to_stdvec(&Double(n)).unwrap()),
-            )
-            .unwrap();
+            write_frame(&mut input, &request(i as u64, Double::NAME, postcard::to_stdvec(&Double(n)).unwrap()))
+                .unwrap();
         }
         write_frame(&mut input, &request(3, "nope", vec![])).unwrap();
         write_frame(&mut input, &request(4, Double::NAME, vec![0xff; 9])).unwrap();
         let mut output = Vec::new();
-        Registry::new()
-            .register::<Double>()
-            .register::<Double>()
-            .serve(&input[..], &mut output)
-            .unwrap();
+        Registry::new().register::<Double>().register::<Double>().serve(&input[..], &mut output).unwrap();
 
         assert_eq!(output[..8], MAGIC);
         let mut r = &output[8..];
@@ -295,9 +278,7 @@ mod tests {
         while let Some(Response::Done { outcome, .. }) = read_frame::<Response>(&mut r).unwrap() {
             outcomes.push(outcome);
         }
-        assert!(
-            matches!(&outcomes[0], Outcome::Ok(b) if postcard::from_bytes::<u32>(b).unwrap() == 42)
-        );
+        assert!(matches!(&outcomes[0], Outcome::Ok(b) if postcard::from_bytes::<u32>(b).unwrap() == 42));
         assert!(matches!(&outcomes[1], Outcome::Failed(e) if e.message() == "zero"));
         assert!(matches!(&outcomes[2], Outcome::Panicked(m) if m == "one"));
         assert!(matches!(&outcomes[3], Outcome::Unknown(n) if n == "nope"));

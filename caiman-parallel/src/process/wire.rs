@@ -103,16 +103,11 @@ pub(crate) fn read_frame<M: DeserializeOwned>(r: &mut impl Read) -> io::Result<O
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is too large"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
     }
     let mut bytes = vec![0u8; len];
     r.read_exact(&mut bytes)?;
-    postcard::from_bytes(&bytes)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    postcard::from_bytes(&bytes).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
@@ -123,11 +118,7 @@ mod tests {
     fn frames_round_trip_and_end_cleanly() {
         let mut buf = Vec::new();
         let payload = vec![7u8; 100_000];
-        write_frame(
-            &mut buf,
-            &Request::Run { index: 3, worker: 1, task: "t".into(), inner: 2, payload },
-        )
-        .unwrap();
+        write_frame(&mut buf, &Request::Run { index: 3, worker: 1, task: "t".into(), inner: 2, payload }).unwrap();
         write_frame(&mut buf, &Request::Shutdown).unwrap();
         let mut r = &buf[..];
         match read_frame::<Request>(&mut r).unwrap() {

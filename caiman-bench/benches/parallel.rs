@@ -113,10 +113,7 @@ fn dft(c: &mut Criterion) {
         let ex = executor(spec);
         let (out, stats) = ex.map(tasks.clone()).expect("map");
         let reference = reference.get_or_insert_with(|| out.clone());
-        assert!(
-            out.iter().zip(reference.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{spec}: outputs differ"
-        );
+        assert!(out.iter().zip(reference.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "{spec}: outputs differ");
         let _ = writeln!(std::io::stderr(), "{spec}: {stats}");
         group.bench_function(BenchmarkId::new(spec, format!("{TASKS}x_dft{N}")), |b| {
             b.iter(|| black_box(ex.map_outputs(tasks.clone()).expect("map")))
