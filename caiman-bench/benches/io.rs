@@ -1,7 +1,7 @@
 //! Reading 512×512 frames from u16 TIFF, f32 `.mmap` (both byte orders), chunked HDF5 and NPY,
-//! each beside a plain `std::fs::read` of the same file in the same run, so the ratio to the raw
-//! read throughput is measured side by side. Files live in the system temp dir (page cache warm
-//! after the first iteration, as for any repeated read).
+//! each beside a plain `std::fs::read` of the same file (and a `read_exact` into a reused buffer)
+//! in the same run, so the ratio to the raw read throughput is measured side by side. Files live
+//! in the system temp dir (page cache warm after the first iteration, as for any repeated read).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -48,6 +48,15 @@ fn io_read(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new(format!("{name}_fs_read"), format!("512x512x{FRAMES}")), |b| {
             b.iter(|| black_box(std::fs::read(&path).expect("read")))
+        });
+        // The same bytes into a reused buffer: raw read throughput without allocation costs.
+        let mut raw = vec![0u8; bytes as usize];
+        group.bench_function(BenchmarkId::new(format!("{name}_read_exact"), format!("512x512x{FRAMES}")), |b| {
+            b.iter(|| {
+                let mut f = std::fs::File::open(&path).expect("open");
+                std::io::Read::read_exact(&mut f, &mut raw).expect("read");
+                black_box(&raw);
+            })
         });
     }
     group.finish();
