@@ -90,12 +90,36 @@ impl RawMovie {
         &self.bytes.as_slice()[self.offset..]
     }
 
+    /// The values as native f32 when the data is little-endian f32 on a little-endian machine
+    /// and 4-byte aligned (always true for memmaps and for `.npy` files written by numpy or us).
+    fn native_f32(&self) -> Option<&[f32]> {
+        if self.dtype != DType::F32 || !self.little_endian || cfg!(target_endian = "big") {
+            return None;
+        }
+        // SAFETY: any 4 bytes are a valid f32; `align_to` only yields the aligned middle part.
+        let (head, vals, tail) = unsafe { self.data().align_to::<f32>() };
+        (head.is_empty() && tail.is_empty()).then_some(vals)
+    }
+
     /// Read `buf.len() / d` frames from `start` (range already validated by the caller).
     pub(crate) fn read_frames(&mut self, start: usize, buf: &mut [f32]) {
         let dims = self.shape.dims;
         let d = dims.pixels();
         let n = buf.len() / d;
         let es = self.dtype.size();
+        if let Some(vals) = self.native_f32() {
+            match self.layout {
+                Layout::FramesC => buf.copy_from_slice(&vals[start * d..(start + n) * d]),
+                Layout::FramesF => {
+                    for (f, frame) in buf.chunks_exact_mut(d).enumerate() {
+                        let t = start + f;
+                        f_to_c(dims, &vals[t * d..(t + 1) * d], frame);
+                    }
+                }
+                Layout::PixelMajorF => gather_pixel_major(dims, self.shape.frames, vals, start, n, buf),
+            }
+            return;
+        }
         match self.layout {
             Layout::FramesC => {
                 let raw = &self.data()[start * d * es..(start + n) * d * es];
@@ -115,46 +139,63 @@ impl RawMovie {
             Layout::PixelMajorF => {
                 let t_len = self.shape.frames;
                 let mut scratch = std::mem::take(&mut self.scratch);
-                scratch.resize(n, 0.0);
-                let mut c = 0;
-                for i in 0..dims.d1 {
-                    for j in 0..dims.d2 {
-                        for k in 0..dims.d3 {
-                            let p = dims.f_index(i, j, k);
-                            let from = (p * t_len + start) * es;
-                            decode_into_f32(
-                                self.dtype,
-                                self.little_endian,
-                                &self.data()[from..from + n * es],
-                                &mut scratch,
-                            );
-                            for (f, &v) in scratch.iter().enumerate() {
-                                buf[f * d + c] = v;
-                            }
-                            c += 1;
-                        }
-                    }
+                scratch.resize(n * d, 0.0);
+                // Decode the n-frame column block of every pixel row, then gather.
+                let mut row = vec![0f32; n];
+                for p in 0..d {
+                    let from = (p * t_len + start) * es;
+                    decode_into_f32(self.dtype, self.little_endian, &self.data()[from..from + n * es], &mut row);
+                    scratch[p * n..(p + 1) * n].copy_from_slice(&row);
                 }
+                gather_pixel_major(dims, n, &scratch, 0, n, buf);
                 self.scratch = scratch;
             }
         }
     }
 }
 
-/// Reorder one frame from Fortran pixel order to C order (blocked transpose for planar frames).
-pub(crate) fn f_to_c(dims: Dims, f: &[f32], c: &mut [f32]) {
-    if dims.d3 == 1 {
-        const B: usize = 32;
-        let (d1, d2) = (dims.d1, dims.d2);
+/// Gather frames `start..start + n` from pixel-major values (`vals[p·t_len + t]`, Fortran pixel
+/// index `p`) into C-ordered frames, in tiles so reads and writes both stay cache-local.
+fn gather_pixel_major(dims: Dims, t_len: usize, vals: &[f32], start: usize, n: usize, buf: &mut [f32]) {
+    const B: usize = 16;
+    let d = dims.pixels();
+    if dims.d3 != 1 {
+        let mut c = 0;
+        for i in 0..dims.d1 {
+            for j in 0..dims.d2 {
+                for k in 0..dims.d3 {
+                    let p = dims.f_index(i, j, k);
+                    let row = &vals[p * t_len + start..p * t_len + start + n];
+                    for (f, &v) in row.iter().enumerate() {
+                        buf[f * d + c] = v;
+                    }
+                    c += 1;
+                }
+            }
+        }
+        return;
+    }
+    let (d1, d2) = (dims.d1, dims.d2);
+    for j0 in (0..d2).step_by(B) {
         for i0 in (0..d1).step_by(B) {
-            for j0 in (0..d2).step_by(B) {
-                for i in i0..(i0 + B).min(d1) {
-                    for j in j0..(j0 + B).min(d2) {
-                        c[i * d2 + j] = f[i + d1 * j];
+            for f in 0..n {
+                let out = &mut buf[f * d..(f + 1) * d];
+                for j in j0..(j0 + B).min(d2) {
+                    for i in i0..(i0 + B).min(d1) {
+                        out[i * d2 + j] = vals[(i + d1 * j) * t_len + start + f];
                     }
                 }
             }
         }
+    }
+}
+
+/// Reorder one frame from Fortran pixel order to C order (a cache-blocked transpose for planar
+/// frames).
+pub(crate) fn f_to_c(dims: Dims, f: &[f32], c: &mut [f32]) {
+    if dims.d3 == 1 {
+        // The F-ordered frame is a row-major d2 × d1 matrix; its transpose is the C-ordered frame.
+        transpose::transpose(f, c, dims.d1, dims.d2);
     } else {
         crate::movie::frame_f_to_c(dims, |p| f[p], c);
     }
@@ -163,17 +204,7 @@ pub(crate) fn f_to_c(dims: Dims, f: &[f32], c: &mut [f32]) {
 /// Reorder one frame from C order to Fortran pixel order.
 pub(crate) fn c_to_f(dims: Dims, c: &[f32], f: &mut [f32]) {
     if dims.d3 == 1 {
-        const B: usize = 32;
-        let (d1, d2) = (dims.d1, dims.d2);
-        for i0 in (0..d1).step_by(B) {
-            for j0 in (0..d2).step_by(B) {
-                for i in i0..(i0 + B).min(d1) {
-                    for j in j0..(j0 + B).min(d2) {
-                        f[i + d1 * j] = c[i * d2 + j];
-                    }
-                }
-            }
-        }
+        transpose::transpose(c, f, dims.d2, dims.d1);
     } else {
         crate::movie::frame_c_to_f(dims, c, |p, v| f[p] = v);
     }
