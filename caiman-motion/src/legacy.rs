@@ -1,0 +1,254 @@
+//! The legacy single-frame matcher (catalog §2.9) and CaImAn's initial-template rule (§2.3 step 1).
+//!
+//! [`TemplateMatcher`] is `cv2.matchTemplate(frame, crop, TM_CCORR_NORMED)` with the template
+//! cropped by `max_shift` on every side, an integer peak over the `(2m+1)²` offsets and CaImAn's
+//! log-parabola (Gaussian) refinement, applied only when the peak is "interior" by CaImAn's
+//! test `0 < p < 2m − 1` (sic: the last interior offset `2m − 1` is excluded too). The returned
+//! shift is the shift to *apply*, `−(p − m + δ)`.
+//!
+//! [`initial_template`] follows `movie.motion_correct(template=None)` as
+//! `motion_correct_batch_rigid` uses it on a temporal subsample of the movie: bin-median template
+//! of a further subsample, match and shift, bin-median again, match the whole subsample against
+//! it, shift, bin-median, then a final match of the subsample and `bin_median` of the result.
+//! CaImAn's side effect of `extract_shifts` on movies with a 1st percentile below −0.1 (the movie
+//! is shifted by that percentile in place) is kept.
+//!
+//! Precision: correlations are computed directly in `f64` and warps use the `f64` OpenCV cubic
+//! path, while CaImAn's OpenCV runs these steps on float32 (DFT-based correlation, float32
+//! interpolation sums). Matches differ by float32 rounding (~1e-6 px on the refined shifts).
+
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, s};
+
+use crate::error::{Error, Result};
+use crate::shift::{BorderMode, CubicWarper};
+use crate::template::bin_median;
+
+/// Result of matching one frame.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Match {
+    /// The shift to apply `[rows, cols]`.
+    pub shift: [f64; 2],
+    /// Integer peak position in the `(2m0+1) × (2m1+1)` correlation map.
+    pub peak: [usize; 2],
+    /// Mean of the correlation map (CaImAn's `xcorrs` entry).
+    pub mean_corr: f64,
+}
+
+/// Normalised cross-correlation matcher for one template and maximum shift.
+#[derive(Clone, Debug)]
+pub struct TemplateMatcher {
+    max_shift: [usize; 2],
+    dims: [usize; 2],
+    crop: Array2<f64>,
+    crop_norm: f64,
+    ncc: Array2<f64>,
+    sq: Array2<f64>,
+}
+
+impl TemplateMatcher {
+    /// Matcher for `template` (`d1 × d2`) and maximum shifts `[rows, cols]` (CaImAn's
+    /// `max_shift_h`, `max_shift_w`).
+    ///
+    /// # Errors
+    /// [`Error::PatchLargerThanImage`] if cropping `2·max_shift` leaves nothing.
+    pub fn new(template: ArrayView2<'_, f32>, max_shift: [usize; 2]) -> Result<Self> {
+        let (h, w) = template.dim();
+        if h <= 2 * max_shift[0] || w <= 2 * max_shift[1] {
+            return Err(Error::PatchLargerThanImage {
+                dims: vec![h, w],
+                window: vec![2 * max_shift[0] + 1, 2 * max_shift[1] + 1],
+            });
+        }
+        let crop = template.slice(s![max_shift[0]..h - max_shift[0], max_shift[1]..w - max_shift[1]]).mapv(f64::from);
+        let crop_norm = crop.iter().map(|v| v * v).sum::<f64>().sqrt();
+        Ok(Self {
+            max_shift,
+            dims: [h, w],
+            crop,
+            crop_norm,
+            ncc: Array2::zeros((2 * max_shift[0] + 1, 2 * max_shift[1] + 1)),
+            sq: Array2::zeros((h + 1, w + 1)),
+        })
+    }
+
+    /// The correlation map of the last [`Self::match_frame`] call.
+    pub fn correlation_map(&self) -> ArrayView2<'_, f64> {
+        self.ncc.view()
+    }
+
+    /// Matches `frame` against the template.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for a frame of another shape.
+    pub fn match_frame(&mut self, frame: ArrayView2<'_, f32>) -> Result<Match> {
+        let [h, w] = self.dims;
+        if frame.dim() != (h, w) {
+            return Err(Error::ShapeMismatch {
+                what: "frame vs template",
+                expected: vec![h, w],
+                got: vec![frame.nrows(), frame.ncols()],
+            });
+        }
+        // Integral image of squares (OpenCV normalises with double-precision integrals).
+        for r in 0..h {
+            let mut run = 0.0;
+            for c in 0..w {
+                let v = f64::from(frame[[r, c]]);
+                run += v * v;
+                self.sq[[r + 1, c + 1]] = self.sq[[r, c + 1]] + run;
+            }
+        }
+        let (ch, cw) = self.crop.dim();
+        let [m0, m1] = self.max_shift;
+        for p0 in 0..=2 * m0 {
+            for p1 in 0..=2 * m1 {
+                let mut num = 0.0;
+                for (r, crow) in self.crop.rows().into_iter().enumerate() {
+                    let frow = frame.slice(s![p0 + r, p1..p1 + cw]);
+                    num += crow.iter().zip(frow.iter()).map(|(a, &b)| a * f64::from(b)).sum::<f64>();
+                }
+                let wnd =
+                    self.sq[[p0 + ch, p1 + cw]] - self.sq[[p0, p1 + cw]] - self.sq[[p0 + ch, p1]] + self.sq[[p0, p1]];
+                let t = wnd.max(0.0).sqrt() * self.crop_norm;
+                // OpenCV's normalisation clamp (common_matchTemplate).
+                self.ncc[[p0, p1]] = if num.abs() < t {
+                    num / t
+                } else if num.abs() < t * 1.125 {
+                    if num > 0.0 { 1.0 } else { -1.0 }
+                } else {
+                    0.0
+                };
+            }
+        }
+        let mut peak = [0usize, 0];
+        let mut best = f64::NEG_INFINITY;
+        for ((i, j), &v) in self.ncc.indexed_iter() {
+            if v > best {
+                best = v;
+                peak = [i, j];
+            }
+        }
+        let mean_corr = self.ncc.mean().unwrap_or(f64::NAN);
+        let [p0, p1] = peak;
+        let interior = 0 < p0 && p0 + 1 < 2 * m0 && 0 < p1 && p1 + 1 < 2 * m1;
+        let shift = if interior {
+            let r = &self.ncc;
+            let delta = |lm: f64, l0: f64, lp: f64| (lm - lp) / (2.0 * lm - 4.0 * l0 + 2.0 * lp);
+            let d0 = delta(r[[p0 - 1, p1]].ln(), r[[p0, p1]].ln(), r[[p0 + 1, p1]].ln());
+            let d1 = delta(r[[p0, p1 - 1]].ln(), r[[p0, p1]].ln(), r[[p0, p1 + 1]].ln());
+            [-(p0 as f64 - m0 as f64 + d0), -(p1 as f64 - m1 as f64 + d1)]
+        } else {
+            [-(p0 as f64 - m0 as f64), -(p1 as f64 - m1 as f64)]
+        };
+        Ok(Match { shift, peak, mean_corr })
+    }
+}
+
+/// CaImAn's `motion_correct_iteration_fast(img, template, max_shift_w, max_shift_h)` with
+/// `max_shift = [rows, cols]`: matches, then warps `img` (cubic, `BORDER_REFLECT`, clipped to its
+/// range) into `out`. Returns the applied shift.
+///
+/// # Errors
+/// As [`TemplateMatcher::new`] / [`TemplateMatcher::match_frame`].
+///
+/// # Panics
+/// If `out` has a different shape than `img`.
+pub fn motion_correct_iteration_fast(
+    img: ArrayView2<'_, f32>,
+    template: ArrayView2<'_, f32>,
+    max_shift: [usize; 2],
+    out: ArrayViewMut2<'_, f32>,
+) -> Result<[f64; 2]> {
+    let m = TemplateMatcher::new(template, max_shift)?.match_frame(img)?;
+    CubicWarper::new().translate(img, 0.0, m.shift, BorderMode::None, out);
+    Ok(m.shift)
+}
+
+/// numpy `percentile(a, q)` (linear interpolation) of all values; reorders a copy.
+fn percentile(values: impl Iterator<Item = f32>, q: f64) -> f64 {
+    let mut v: Vec<f32> = values.collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let idx = q / 100.0 * (v.len() - 1) as f64;
+    let lo = idx.floor() as usize;
+    let t = idx - lo as f64;
+    let (_, &mut a, rest) = v.select_nth_unstable_by(lo, f32::total_cmp);
+    let a = f64::from(a);
+    if t == 0.0 || rest.is_empty() {
+        return a;
+    }
+    let b = f64::from(rest.iter().copied().min_by(f32::total_cmp).expect("non-empty"));
+    if t < 0.5 { a + (b - a) * t } else { b - (b - a) * (1.0 - t) }
+}
+
+/// `movie.bin_median(window=10)` (plain mean and median; `window = T` when `T < 10`).
+fn movie_bin_median(mov: ArrayView3<'_, f32>) -> Result<Array2<f32>> {
+    bin_median(mov, 10, false)
+}
+
+/// `movie.extract_shifts` + `movie.apply_shifts(interpolation='cubic')`, in place. Returns the
+/// applied shifts.
+fn extract_and_apply(mov: &mut Array3<f32>, template: &Array2<f32>, max_shift: [usize; 2]) -> Result<Vec<[f64; 2]>> {
+    let min_val = percentile(mov.iter().copied(), 1.0);
+    if min_val < -0.1 {
+        // CaImAn subtracts in place and never adds it back to the caller's movie.
+        mov.mapv_inplace(|v| (f64::from(v) - min_val) as f32);
+    }
+    let mut template = template.clone();
+    if min_val < -0.1 && percentile(template.iter().copied(), 8.0) < -0.1 {
+        template.mapv_inplace(|v| (f64::from(v) - min_val) as f32);
+    }
+    let mut matcher = TemplateMatcher::new(template.view(), max_shift)?;
+    let mut warper = CubicWarper::new();
+    let (h, w) = (mov.shape()[1], mov.shape()[2]);
+    let mut buf = Array2::<f32>::zeros((h, w));
+    let mut shifts = Vec::with_capacity(mov.shape()[0]);
+    for mut frame in mov.axis_iter_mut(Axis(0)) {
+        let m = matcher.match_frame(frame.view())?;
+        warper.translate(frame.view(), 0.0, m.shift, BorderMode::None, buf.view_mut());
+        frame.assign(&buf);
+        shifts.push(m.shift);
+    }
+    Ok(shifts)
+}
+
+/// CaImAn's initial template for the rigid pass from a temporal subsample of the movie
+/// (`motion_correct_batch_rigid` loads frames `0, k, 2k, …` with `k = T // 50 + 1`, high-pass
+/// filters them if `gSig_filt`, and calls this procedure). `max_shifts = [rows, cols]`.
+///
+/// # Errors
+/// [`Error::Empty`] without frames; matcher errors for frames too small for `max_shifts`.
+pub fn initial_template(subsample: ArrayView3<'_, f32>, max_shifts: [usize; 2]) -> Result<Array2<f32>> {
+    let (t, d1, d2) = subsample.dim();
+    if t == 0 {
+        return Err(Error::Empty { what: "initial-template subsample" });
+    }
+    tracing::debug!(frames = t, d1, d2, ?max_shifts, "initial template from subsample");
+    let num_frames_template = 10e7 / (d1 * d2) as f64;
+    let skip = ((t as f64 / num_frames_template) as usize).max(1);
+    let mut sub = subsample.slice(s![..;skip, .., ..]).to_owned();
+    let templ = movie_bin_median(sub.view())?;
+    extract_and_apply(&mut sub, &templ, max_shifts)?;
+    let templ = movie_bin_median(sub.view())?;
+    let mut m = subsample.to_owned();
+    extract_and_apply(&mut m, &templ, max_shifts)?;
+    let templ = movie_bin_median(m.view())?;
+    let mut m = subsample.to_owned();
+    extract_and_apply(&mut m, &templ, max_shifts)?;
+    bin_median(m.view(), 10, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_like_numpy() {
+        let v = [4.0f32, 1.0, 3.0, 2.0, 5.0];
+        assert_eq!(percentile(v.iter().copied(), 50.0), 3.0);
+        assert_eq!(percentile(v.iter().copied(), 0.0), 1.0);
+        assert_eq!(percentile(v.iter().copied(), 100.0), 5.0);
+        assert!((percentile(v.iter().copied(), 10.0) - 1.4).abs() < 1e-12);
+    }
+}
