@@ -1,7 +1,7 @@
 //! `caiman`: the command-line face of caiman-rs.
 //!
 //! Subcommands: `info` (what a movie file holds), `convert` (any format to any format, streamed),
-//! `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
+//! `motion-correct` (NoRMCorre), `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
 //! exists, on a synthetic movie). This crate is glue: parsing flags, progress bars, printing
 //! results. The work happens in the library crates.
 // A command-line tool's job is to print.
@@ -10,6 +10,7 @@
 mod convert;
 mod demo;
 mod info;
+mod motion;
 mod progress;
 mod synth;
 
@@ -37,6 +38,8 @@ enum Command {
     Info(info::Args),
     /// Convert a movie between formats (TIFF, HDF5, NPY, NPZ, CaImAn .mmap), streaming.
     Convert(convert::Args),
+    /// NoRMCorre motion correction (rigid, or piecewise rigid with --pw-rigid).
+    MotionCorrect(motion::Args),
     /// Write a synthetic two-photon movie and its ground truth.
     Synth(synth::Args),
     /// Run the whole available pipeline on a synthetic movie and report against ground truth.
@@ -56,12 +59,15 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // Worker processes of a `processes` backend are this executable started again: serve tasks.
+    caiman_parallel::Registry::new().with(caiman_motion::register_tasks).serve_if_worker();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     let ui = progress::Ui::new(cli.quiet);
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Convert(a) => convert::run(a, &ui),
+        Command::MotionCorrect(a) => motion::run(a, &ui),
         Command::Synth(a) => synth::run(a, &ui),
         Command::Demo(a) => demo::run(a, &ui),
     };

@@ -3,6 +3,7 @@
 // Running the binary under test is the point of this file.
 #![allow(clippy::disallowed_methods)]
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn caiman(args: &[&str]) -> Output {
@@ -107,4 +108,67 @@ fn convert_rejects_a_frame_range_outside_the_movie() {
     let o = caiman(&["convert", src.to_str().unwrap(), out.to_str().unwrap(), "--frames", "3..9"]);
     assert_one_line_error(&o, "outside the movie");
     assert!(!out.exists());
+}
+
+#[test]
+fn motion_correct_is_identical_on_threads_and_worker_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tif = dir.path().join("m.tif");
+    let o =
+        caiman(&["--quiet", "synth", tif.to_str().unwrap(), "--size", "48x48x40", "--neurons", "12", "--seed", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut outs = Vec::new();
+    for (backend, name) in [("threads:2", "t.mmap"), ("processes:2", "p.mmap"), ("linear", "l.h5")] {
+        let out = dir.path().join(name);
+        let o = caiman(&[
+            "motion-correct",
+            tif.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--json",
+            "--pw-rigid",
+            "--params",
+            &params_file(dir.path()),
+        ]);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(v["frames"], 40);
+        assert!(v["frames_per_second"].as_f64().unwrap() > 0.0);
+        let res = caiman_io::h5::H5File::open(Path::new(v["results"].as_str().unwrap())).unwrap();
+        let shifts = res.read_f64("shifts_rig").unwrap();
+        let x_els = res.read_f64("x_shifts_els").unwrap();
+        let centers = res.read_f64("patch_centers").unwrap();
+        assert_eq!(centers.0[1], 2);
+        assert_eq!(x_els.0[1], centers.0[0], "one column per patch");
+        let movie = caiman_io::load(Path::new(v["output"].as_str().unwrap()), &Default::default()).unwrap();
+        outs.push((shifts.1, x_els.1, movie.as_slice().to_vec()));
+    }
+    assert_eq!(outs[0], outs[1], "threads vs processes");
+    assert_eq!(outs[0], outs[2], "threads vs linear");
+}
+
+/// A CaImAn-style params file whose `motion` group fits a 48×48 movie.
+fn params_file(dir: &Path) -> String {
+    let p = dir.join("params.json");
+    std::fs::write(
+        &p,
+        r#"{"motion": {"strides": [16, 16], "overlaps": [8, 8], "max_shifts": [4, 4], "num_frames_split": 10}}"#,
+    )
+    .unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn motion_correct_reports_bad_input_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.mmap");
+    let o = caiman(&["motion-correct", dir.path().join("none.tif").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_one_line_error(&o, "none.tif");
+    let bad = dir.path().join("p.json");
+    std::fs::write(&bad, r#"{"motion": {"max_shifts": "lots"}}"#).unwrap();
+    let o = caiman(&["motion-correct", "x.tif", "-o", out.to_str().unwrap(), "--params", bad.to_str().unwrap()]);
+    assert_one_line_error(&o, "p.json");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

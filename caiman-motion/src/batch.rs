@@ -83,8 +83,9 @@ pub struct CorrectChunk {
     pub frames: Range<usize>,
     /// Template, C order over the frame dims.
     pub template: Vec<f32>,
-    /// Motion parameters.
-    pub params: MotionParams,
+    /// Motion parameters as CaImAn-style JSON (the `motion` group is self-describing JSON, which
+    /// the compact binary task codec cannot carry, while templates need its exact floats and NaNs).
+    pub params_json: String,
     /// Rigid or piecewise.
     pub kind: PassKind,
     /// CaImAn's `add_to_movie` (added to frame and template during registration).
@@ -151,12 +152,12 @@ enum Corrector {
 }
 
 impl CorrectChunk {
-    fn corrector(&self, dims: Dims) -> Result<Corrector> {
+    fn corrector(&self, dims: Dims, params: &MotionParams) -> Result<Corrector> {
         if dims.is_volume() {
             let tpl = ArrayView3::from_shape((dims.d1, dims.d2, dims.d3), &self.template).map_err(|_| {
                 Error::ShapeMismatch { what: "template", expected: vec![dims.pixels()], got: vec![self.template.len()] }
             })?;
-            let ms = self.params.max_shifts_per_axis()?;
+            let ms = params.max_shifts_per_axis()?;
             let max_shifts = [ms[0], ms[1], *ms.get(2).unwrap_or(&ms[1])];
             let reg = VolumeRegistrar::new(tpl, self.add_to_movie, 10)?;
             let shape = [dims.d1, dims.d2, dims.d3];
@@ -173,8 +174,8 @@ impl CorrectChunk {
                 got: vec![self.template.len()],
             })?;
             let opts = match self.kind {
-                PassKind::Rigid => CorrectionOptions::rigid(&self.params, self.add_to_movie)?,
-                PassKind::Piecewise => CorrectionOptions::piecewise(&self.params, self.add_to_movie)?,
+                PassKind::Rigid => CorrectionOptions::rigid(params, self.add_to_movie)?,
+                PassKind::Piecewise => CorrectionOptions::piecewise(params, self.add_to_movie)?,
             };
             Ok(Corrector::Planar(Box::new(FrameCorrector::new(tpl, &opts)?)))
         }
@@ -185,11 +186,17 @@ impl CorrectChunk {
         self.execute_inner().map_err(|e| e.to_string())
     }
 
+    /// The motion parameters of this chunk.
+    pub fn params(&self) -> std::result::Result<MotionParams, serde_json::Error> {
+        serde_json::from_str(&self.params_json)
+    }
+
     fn execute_inner(&self) -> std::result::Result<ChunkResult, Box<dyn std::error::Error>> {
+        let params = self.params()?;
         let mut src = open_inputs(&self.inputs, &self.open)?;
         let dims = src.dims();
         let d = dims.pixels();
-        let mut corrector = self.corrector(dims)?;
+        let mut corrector = self.corrector(dims, &params)?;
         let mut writer = match &self.output {
             Some(o) => Some(MmapRegionWriter::open(&o.path, o.shape, Order::F)?),
             None => None,
@@ -235,7 +242,7 @@ impl CorrectChunk {
                             reg.frame_spectrum().view(),
                             apply,
                             r.phasediff,
-                            self.params.border_nan.into(),
+                            params.border_nan.into(),
                             vol.view_mut(),
                         );
                         let mut ov = ArrayViewMut3::from_shape((dims.d1, dims.d2, dims.d3), &mut *out)?;
@@ -477,6 +484,7 @@ fn run_pass<E: Executor>(
     progress: Progress<'_>,
 ) -> Result<PassOutcome> {
     let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let params_json = serde_json::to_string(&job.params).map_err(crate::error::ParamsError::from)?;
     let tasks: Vec<CorrectChunk> = chunks
         .iter()
         .map(|frames| CorrectChunk {
@@ -484,7 +492,7 @@ fn run_pass<E: Executor>(
             open: job.open.clone(),
             frames: frames.clone(),
             template: template.to_vec(),
-            params: job.params.clone(),
+            params_json: params_json.clone(),
             kind,
             add_to_movie,
             output: output.cloned(),

@@ -273,3 +273,38 @@ fn bad_inputs_are_errors() {
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(left.iter().all(|n| !n.starts_with("o") && !n.ends_with(".partial")), "{left:?}");
 }
+
+#[test]
+fn stored_shifts_reapplied_to_the_same_movie_reproduce_the_correction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (movie, _) = synthetic(dir.path(), 30, 0.6);
+    for pw in [false, true] {
+        let params = MotionParams {
+            max_shifts: vec![6, 6],
+            strides: vec![24, 24],
+            overlaps: vec![12, 12],
+            num_frames_split: 10,
+            pw_rigid: pw,
+            nonneg_movie: false,
+            ..Default::default()
+        };
+        let res = motion_correct(&job(&movie, &dir.path().join("c.mmap"), params.clone()), &Linear::new(), &mut |_, _, _| {})
+            .unwrap();
+        let patches = res.x_shifts_els.as_ref().map(|x| (x.view(), res.y_shifts_els.as_ref().unwrap().view()));
+        let again = caiman_motion::apply_shifts_movie(
+            &movie,
+            &OpenOptions::default(),
+            &dir.path().join("again.npy"),
+            &params,
+            res.shifts_rig.view(),
+            patches,
+        )
+        .unwrap();
+        let a = caiman_io::load(&res.output, &OpenOptions::default()).unwrap();
+        let b = caiman_io::load(&again, &OpenOptions::default()).unwrap();
+        let range = a.as_slice().iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-3 * range, "pw {pw}: worst difference {worst} of range {range}");
+        std::fs::remove_file(&res.output).unwrap();
+    }
+}

@@ -1,0 +1,165 @@
+//! `caiman motion-correct IN… -o OUT`: NoRMCorre on any movie, with CaImAn's parameters, on any
+//! execution backend; writes the corrected movie, an HDF5 file of CaImAn's `MotionCorrect`
+//! results, and optionally a JSON summary on stdout.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use caiman_motion::{MotionJob, MotionParams, MotionResult, motion_correct};
+use caiman_parallel::Backend;
+use serde::Serialize;
+
+use crate::progress::Ui;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Input movie(s); several are chained into one movie.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Corrected movie. `.mmap` gives CaImAn's F-order memmap (named with its shape); any other
+    /// extension writes that format.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Results file (HDF5, CaImAn's `MotionCorrect` names). Default: `<output stem>_motion.h5`.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Piecewise-rigid correction after the rigid pass (overrides the params file).
+    #[arg(long)]
+    pw_rigid: bool,
+    /// CaImAn parameter JSON; its `motion` group is used (unknown keys are reported).
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// HDF5 dataset of the input (default `mov`, or the file's only dataset).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Execution backend: `linear`, `threads[:N]`, `processes[:N]` (`,inner=K` allowed) or JSON.
+    /// Default: a thread pool of (cores − 1, at least 1) workers.
+    #[arg(long)]
+    backend: Option<Backend>,
+    /// Number of workers (overrides the backend's).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Threads each worker may use inside a task (wins over OMP_NUM_THREADS and friends).
+    #[arg(long)]
+    inner_threads: Option<usize>,
+    /// Print a JSON summary (frames/s, peak RSS, metrics) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The `--json` summary.
+#[derive(Serialize)]
+struct Summary<'a> {
+    output: &'a Path,
+    results: &'a Path,
+    frames: usize,
+    dims: String,
+    pw_rigid: bool,
+    backend: String,
+    workers: usize,
+    seconds: f64,
+    frames_per_second: f64,
+    peak_rss_mib: f64,
+    min_mov: f64,
+    border_to_0: usize,
+    crispness: f64,
+    mean_correlation: f64,
+    max_abs_shift: f64,
+    passes: &'a [caiman_motion::batch::PassStats],
+}
+
+pub(crate) fn load_params(file: Option<&PathBuf>) -> Result<MotionParams> {
+    let Some(f) = file else { return Ok(MotionParams::default()) };
+    let text = std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?;
+    let (p, warnings) = MotionParams::from_caiman_json(&text).with_context(|| format!("{}", f.display()))?;
+    for w in warnings {
+        tracing::warn!("{}: {w}", f.display());
+    }
+    Ok(p)
+}
+
+pub(crate) fn backend_from(backend: Option<Backend>, workers: Option<usize>, inner: Option<usize>) -> Backend {
+    let b = backend.unwrap_or_default();
+    let b = match (workers, b.strategy()) {
+        (Some(n), caiman_parallel::Strategy::Processes) => Backend::processes(n),
+        (Some(n), caiman_parallel::Strategy::Threads) => Backend::threads(n),
+        _ => b,
+    };
+    match inner {
+        Some(n) => b.with_inner_threads(Some(n)),
+        None => b,
+    }
+}
+
+pub(crate) fn run_motion(job: &MotionJob, backend: &Backend, ui: &Ui) -> Result<(MotionResult, f64)> {
+    let exec = backend.build()?;
+    let bar = ui.frames_bar(0, "motion");
+    let started = Instant::now();
+    let res = motion_correct(job, &exec, &mut |pass, done, total| {
+        bar.set_message(pass.to_string());
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("motion correction of {}", job.inputs[0].display()))?;
+    bar.finish_and_clear();
+    drop(exec);
+    Ok((res, started.elapsed().as_secs_f64()))
+}
+
+pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
+    let mut params = load_params(args.params.as_ref())?;
+    if args.pw_rigid {
+        params.pw_rigid = true;
+    }
+    let backend = backend_from(args.backend, args.workers, args.inner_threads);
+    let job = MotionJob {
+        inputs: args.inputs.clone(),
+        open: caiman_io::OpenOptions { dataset: args.dataset.clone(), ..Default::default() },
+        output: args.output.clone(),
+        params: params.clone(),
+        template: None,
+    };
+    let (res, seconds) = run_motion(&job, &backend, ui)?;
+    let results = args.results.clone().unwrap_or_else(|| {
+        let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "mc".into());
+        args.output.with_file_name(format!("{stem}_motion.h5"))
+    });
+    let results = res.save_hdf5(&results)?;
+    let max_abs_shift = res.shifts_rig.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let peak = res.passes.iter().map(|p| p.peak_rss_kib).max().unwrap_or(0);
+    let summary = Summary {
+        output: &res.output,
+        results: &results,
+        frames: res.shape.frames,
+        dims: res.shape.dims.to_string(),
+        pw_rigid: params.pw_rigid,
+        backend: backend.to_string(),
+        workers: backend.workers(),
+        seconds,
+        frames_per_second: res.shape.frames as f64 / seconds,
+        peak_rss_mib: peak as f64 / 1024.0,
+        min_mov: res.min_mov,
+        border_to_0: res.border_to_0,
+        crispness: res.metrics.crispness,
+        mean_correlation: res.metrics.mean_correlation,
+        max_abs_shift,
+        passes: &res.passes,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if !ui.quiet() {
+        println!(
+            "corrected {} frames of {} in {:.1} s ({:.0} frames/s, {}); max |shift| {:.2} px, crispness {:.1}",
+            summary.frames,
+            summary.dims,
+            seconds,
+            summary.frames_per_second,
+            summary.backend,
+            max_abs_shift,
+            summary.crispness
+        );
+        println!("{}\n{}", res.output.display(), results.display());
+    }
+    Ok(())
+}
