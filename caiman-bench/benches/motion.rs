@@ -23,7 +23,9 @@ fn motion_kernels(c: &mut Criterion) {
     let mut reg = Registrar::new([512, 512], 10);
     let spec = reg.spectrum(template.view(), 0.0);
     group.bench_function(BenchmarkId::new("register_translation", "512x512"), |b| {
-        b.iter(|| black_box(reg.register(frame.view(), 0.0, &spec, &SearchWindow::MaxShifts([6, 6])).expect("register")))
+        b.iter(|| {
+            black_box(reg.register(frame.view(), 0.0, &spec, &SearchWindow::MaxShifts([6, 6])).expect("register"))
+        })
     });
 
     let mut out = Array2::<f32>::zeros((512, 512));

@@ -288,8 +288,9 @@ fn stored_shifts_reapplied_to_the_same_movie_reproduce_the_correction() {
             nonneg_movie: false,
             ..Default::default()
         };
-        let res = motion_correct(&job(&movie, &dir.path().join("c.mmap"), params.clone()), &Linear::new(), &mut |_, _, _| {})
-            .unwrap();
+        let res =
+            motion_correct(&job(&movie, &dir.path().join("c.mmap"), params.clone()), &Linear::new(), &mut |_, _, _| {})
+                .unwrap();
         let patches = res.x_shifts_els.as_ref().map(|x| (x.view(), res.y_shifts_els.as_ref().unwrap().view()));
         let again = caiman_motion::apply_shifts_movie(
             &movie,
