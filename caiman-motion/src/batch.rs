@@ -542,10 +542,12 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
     if dims.is_volume() && job.params.pw_rigid {
         return Err(Error::Unsupported("piecewise-rigid correction of volumes".into()));
     }
+    let started = Instant::now();
     let min_mov = match job.params.min_mov {
         Some(m) => m,
         None => movie_min(src.as_mut(), &job.params)?,
     };
+    tracing::info!(min_mov, seconds = started.elapsed().as_secs_f64(), "movie minimum");
     let add_to_movie = -min_mov;
     let mut template = match &job.template {
         Some(t) if t.len() == dims.pixels() => t.clone(),
@@ -556,7 +558,12 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
                 got: vec![t.len()],
             });
         }
-        None => initial_template(src.as_mut(), &job.params)?,
+        None => {
+            let started = Instant::now();
+            let t = initial_template(src.as_mut(), &job.params)?;
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "initial template");
+            t
+        }
     };
     drop(src);
 
