@@ -237,10 +237,12 @@ impl PendingMmap {
 #[derive(Debug)]
 pub struct MmapRegionWriter {
     path: PathBuf,
+    file: std::fs::File,
     map: memmap2::MmapMut,
     shape: Shape,
     order: Order,
     scratch: Vec<f32>,
+    bytes: Vec<u8>,
 }
 
 impl MmapRegionWriter {
@@ -258,7 +260,15 @@ impl MmapRegionWriter {
         // SAFETY: the file is private to this pipeline run (a hidden temporary name); writers
         // touch disjoint regions, so no two mappings write the same bytes.
         let map = unsafe { memmap2::MmapOptions::new().map_mut(&f) }.at(path)?;
-        Ok(MmapRegionWriter { path: path.to_path_buf(), map, shape, order, scratch: Vec::new() })
+        Ok(MmapRegionWriter {
+            path: path.to_path_buf(),
+            file: f,
+            map,
+            shape,
+            order,
+            scratch: Vec::new(),
+            bytes: Vec::new(),
+        })
     }
 
     fn put(&mut self, idx: usize, v: f32) {
@@ -283,11 +293,13 @@ impl MmapRegionWriter {
             c_to_f(dims, frame, &mut scratch);
             let t = start + f;
             match self.order {
+                // Frame-major: gather the frames' bytes and write them with one positioned write
+                // below (cheaper than faulting in every page of a fresh file through the map).
                 Order::F => {
-                    let out = &mut self.map[t * d * 4..(t + 1) * d * 4];
-                    for (o, v) in out.chunks_exact_mut(4).zip(&scratch) {
-                        o.copy_from_slice(&v.to_le_bytes());
+                    if f == 0 {
+                        self.bytes.clear();
                     }
+                    self.bytes.extend(scratch.iter().flat_map(|v| v.to_le_bytes()));
                 }
                 Order::C => {
                     for (p, &v) in scratch.iter().enumerate() {
@@ -297,6 +309,10 @@ impl MmapRegionWriter {
             }
         }
         self.scratch = scratch;
+        if self.order == Order::F {
+            use std::os::unix::fs::FileExt;
+            self.file.write_all_at(&self.bytes, (start * d * 4) as u64).at(&self.path)?;
+        }
         Ok(())
     }
 
