@@ -13,7 +13,7 @@
 mod common;
 
 use caiman_motion::template::{Accumulation, NanMeanAccumulator, nanmedian_templates};
-use caiman_motion::{BorderMode, CorrectionOptions, FrameCorrector};
+use caiman_motion::{CorrectionOptions, FrameCorrector};
 use common::{load_f32, load_f64, load2_f32, shared};
 use ndarray::{Array2, Array3, Axis};
 
@@ -29,21 +29,7 @@ fn movie(frames: usize) -> Option<Array3<f32>> {
 }
 
 fn options(shifts_opencv: bool) -> CorrectionOptions {
-    CorrectionOptions {
-        max_shifts: [6, 6],
-        max_deviation_rigid: 3,
-        strides: [32, 32],
-        overlaps: [16, 16],
-        newstrides: None,
-        newoverlaps: None,
-        upsample_factor_fft: 10,
-        upsample_factor_grid: 4,
-        shifts_opencv,
-        shifts_interpolate: false,
-        border: BorderMode::Copy,
-        gsig_filt: None,
-        add_to_movie: -6.0,
-    }
+    CorrectionOptions { shifts_opencv, add_to_movie: -6.0, ..common::reference_options() }
 }
 
 fn run(run: &str, template: &str, shifts_opencv: bool, n_patches: usize) {

@@ -12,21 +12,7 @@ use ndarray::{Array2, s};
 const N: usize = 128;
 
 fn options() -> CorrectionOptions {
-    CorrectionOptions {
-        max_shifts: [6, 6],
-        max_deviation_rigid: 3,
-        strides: [32, 32],
-        overlaps: [16, 16],
-        newstrides: None,
-        newoverlaps: None,
-        upsample_factor_fft: 10,
-        upsample_factor_grid: 4,
-        shifts_opencv: true,
-        shifts_interpolate: false,
-        border: BorderMode::Copy,
-        gsig_filt: None,
-        add_to_movie: 0.0,
-    }
+    CorrectionOptions { ..common::reference_options() }
 }
 
 /// Content displacement of the synthetic deformation at pixel (y, x).

@@ -53,15 +53,8 @@ fn rigid_tile_and_correct_recovers_shift() {
         max_deviation_rigid: 0,
         strides: [96, 96],
         overlaps: [32, 32],
-        newstrides: None,
-        newoverlaps: None,
-        upsample_factor_fft: 10,
-        upsample_factor_grid: 4,
-        shifts_opencv: true,
-        shifts_interpolate: false,
         border: BorderMode::Nan,
-        gsig_filt: None,
-        add_to_movie: 0.0,
+        ..common::reference_options()
     };
     let mut c = FrameCorrector::new(templ.view(), &opts).unwrap();
     let mut out = Array2::zeros(frame.dim());

@@ -5,26 +5,12 @@
 
 mod common;
 
-use caiman_motion::{BorderMode, CorrectionOptions, FrameCorrector};
+use caiman_motion::{CorrectionOptions, FrameCorrector};
 use common::{json, load2_f32, load2_f64};
 use ndarray::Array2;
 
 fn opts(max_dev: usize) -> CorrectionOptions {
-    CorrectionOptions {
-        max_shifts: [6, 6],
-        max_deviation_rigid: max_dev,
-        strides: [32, 32],
-        overlaps: [16, 16],
-        newstrides: None,
-        newoverlaps: None,
-        upsample_factor_fft: 10,
-        upsample_factor_grid: 4,
-        shifts_opencv: true,
-        shifts_interpolate: false,
-        border: BorderMode::Copy,
-        gsig_filt: None,
-        add_to_movie: -6.0,
-    }
+    CorrectionOptions { max_deviation_rigid: max_dev, add_to_movie: -6.0, ..common::reference_options() }
 }
 
 /// Largest |ours − reference| relative to the reference's range.

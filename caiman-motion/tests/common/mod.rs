@@ -137,3 +137,24 @@ pub fn blob_field(h: usize, w: usize, seed: u64) -> Array2<f32> {
         v as f32
     })
 }
+
+/// The options of CaImAn's reference runs (`motion_params.json`): max_shifts 6, max_deviation_rigid
+/// 3, strides 32, overlaps 16, OpenCV shifting, border `copy`, no offset. Tests override fields.
+#[allow(dead_code)]
+pub fn reference_options() -> caiman_motion::CorrectionOptions {
+    caiman_motion::CorrectionOptions {
+        max_shifts: [6, 6],
+        max_deviation_rigid: 3,
+        strides: [32, 32],
+        overlaps: [16, 16],
+        newstrides: None,
+        newoverlaps: None,
+        upsample_factor_fft: 10,
+        upsample_factor_grid: 4,
+        shifts_opencv: true,
+        shifts_interpolate: false,
+        border: caiman_motion::BorderMode::Copy,
+        gsig_filt: None,
+        add_to_movie: 0.0,
+    }
+}
