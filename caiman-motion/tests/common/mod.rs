@@ -61,19 +61,31 @@ impl Lcg {
     }
 }
 
-/// A smooth synthetic image: `n_blobs` Gaussian blobs (σ 1.5–4) on a slow gradient, offset 10.
-pub fn smooth_image(h: usize, w: usize, n_blobs: usize, seed: u64) -> Array2<f32> {
-    let mut rng = Lcg(seed ^ 0x9E37_79B9_7F4A_7C15);
-    let blobs: Vec<(f64, f64, f64, f64)> = (0..n_blobs)
+/// `n` random blobs `(row, col, sigma, amplitude)` in an `h × w` image, sigma uniform in
+/// `lo..lo + span` and amplitude likewise.
+fn draw_blobs(
+    rng: &mut Lcg,
+    n: usize,
+    [h, w]: [usize; 2],
+    sigma: (f64, f64),
+    amp: (f64, f64),
+) -> Vec<(f64, f64, f64, f64)> {
+    (0..n)
         .map(|_| {
             (
                 rng.next_f64() * h as f64,
                 rng.next_f64() * w as f64,
-                1.5 + 2.5 * rng.next_f64(),
-                20.0 + 80.0 * rng.next_f64(),
+                sigma.0 + sigma.1 * rng.next_f64(),
+                amp.0 + amp.1 * rng.next_f64(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A smooth synthetic image: `n_blobs` Gaussian blobs (σ 1.5–4) on a slow gradient, offset 10.
+pub fn smooth_image(h: usize, w: usize, n_blobs: usize, seed: u64) -> Array2<f32> {
+    let mut rng = Lcg(seed ^ 0x9E37_79B9_7F4A_7C15);
+    let blobs = draw_blobs(&mut rng, n_blobs, [h, w], (1.5, 2.5), (20.0, 80.0));
     Array2::from_shape_fn((h, w), |(i, j)| {
         let mut v = 10.0 + 0.05 * i as f64 + 0.03 * j as f64;
         for &(ci, cj, s, a) in &blobs {
@@ -116,16 +128,7 @@ pub fn textured_image(h: usize, w: usize, seed: u64) -> Array2<f32> {
 pub fn blob_field(h: usize, w: usize, seed: u64) -> Array2<f32> {
     let mut rng = Lcg(seed ^ 0xA5A5_5A5A);
     let n = h * w / 25;
-    let blobs: Vec<(f64, f64, f64, f64)> = (0..n)
-        .map(|_| {
-            (
-                rng.next_f64() * h as f64,
-                rng.next_f64() * w as f64,
-                1.0 + 1.2 * rng.next_f64(),
-                10.0 + 40.0 * rng.next_f64(),
-            )
-        })
-        .collect();
+    let blobs = draw_blobs(&mut rng, n, [h, w], (1.0, 1.2), (10.0, 40.0));
     Array2::from_shape_fn((h, w), |(i, j)| {
         let mut v = 5.0;
         for &(ci, cj, s, a) in &blobs {
