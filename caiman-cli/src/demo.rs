@@ -2,7 +2,10 @@
 //!
 //! Today's stages: synthesis (streamed to a u16 TIFF, as microscopes write); conversion of that movie
 //! to every other format and a full read-back of each, checked bit for bit against the TIFF; rigid
-//! motion correction, its shifts compared with the ground truth.
+//! motion correction, its shifts compared with the ground truth; summary images of the corrected
+//! movie (HDF5 + PNG), with the correlation image's contrast at the true neuron centres; OASIS
+//! deconvolution of traces read through the true footprints, compared with the true calcium and
+//! spikes.
 //! Each later stage (motion correction, CNMF, …) adds itself here.
 
 use std::path::{Path, PathBuf};
@@ -190,6 +193,49 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     ));
     mc.save_hdf5(&dir.join("demo_mc_motion.h5"))?;
 
+    // 4. Summary images of the corrected movie, and OASIS on traces read through the true footprints.
+    let offset = template_offset(&mc.shifts_rig, &truth_shifts);
+    let exec = backend.build()?;
+    let summary_opts = caiman_cnmf::summary::SummaryOptions::default();
+    let images = crate::summary::compute(&mc.output, &OpenOptions::default(), &summary_opts, 1 << 30, &exec)?;
+    let pngs = crate::summary::write_pngs(&dir.join("demo_summary.h5"), &images)?;
+    crate::summary::write_hdf5(&dir.join("demo_summary.h5"), &images)?;
+    let (cn_in, cn_out) = cn_contrast(&images.summary, &truth, offset);
+    say(format!(
+        "\nsummary images: {:.2} s streamed + {:.2} s pixel noise; correlation image median {:.2} at neuron \
+         centres vs {:.2} elsewhere; {} PNGs ({})",
+        images.seconds_images,
+        images.seconds_noise,
+        cn_in,
+        cn_out,
+        pngs.len(),
+        pngs.iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let (traces, which) = footprint_traces(&mc.output, &truth, offset)?;
+    let started = Instant::now();
+    let opts = caiman_cnmf::foopsi::FoopsiOptions { p: 1, ..Default::default() };
+    let (fits, _) = caiman_cnmf::foopsi::deconvolve_traces(traces.view(), &opts, &exec)?;
+    let deconv_s = started.elapsed().as_secs_f64();
+    let (mut corr_c, mut corr_s) = (Vec::new(), Vec::new());
+    for (fit, &k) in fits.iter().zip(&which) {
+        let true_c: Vec<f64> = truth.c.row(k).iter().map(|&v| f64::from(v)).collect();
+        let true_s: Vec<f64> = truth.s.row(k).iter().map(|&v| f64::from(v)).collect();
+        corr_c.push(pearson(&fit.c, &true_c));
+        corr_s.push(pearson(&fit.s, &true_s));
+    }
+    say(format!(
+        "deconvolution (OASIS AR(1), g and sn estimated) of {} traces read through the true footprints: {:.2} s; \
+         median correlation with the true calcium {:.3}, with the true spikes {:.3}",
+        which.len(),
+        deconv_s,
+        median(&mut corr_c),
+        median(&mut corr_s)
+    ));
+
     if args.keep && args.out.is_none() {
         let kept = tmp_keep(dir)?;
         say(format!("kept {}", kept.display()));
@@ -212,6 +258,109 @@ fn shift_rms_error(ours: &ndarray::Array2<f64>, truth: &[[f64; 2]]) -> f64 {
         total += d.iter().map(|v| (v - med).powi(2)).sum::<f64>() / d.len() as f64;
     }
     (total / 2.0).sqrt()
+}
+
+/// Where the ground-truth scene sits in the corrected movie, in whole pixels: the corrected frames
+/// are aligned to the template, whose position is the median of `ours − truth` (shifts to apply),
+/// so a neuron at reference position `q` appears at `q + offset`.
+fn template_offset(ours: &ndarray::Array2<f64>, truth: &[[f64; 2]]) -> [isize; 2] {
+    std::array::from_fn(|ax| {
+        let mut d: Vec<f64> = truth.iter().enumerate().map(|(t, s)| ours[[t, ax]] - s[ax]).collect();
+        median(&mut d).round() as isize
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma).powi(2);
+        sbb += (y - mb).powi(2);
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+/// Median of the correlation image at the (offset) centres of neurons inside the field of view,
+/// and median over pixels farther than 2 σ from every neuron.
+fn cn_contrast(
+    s: &caiman_cnmf::summary::SummaryImages,
+    truth: &caiman_io::synth::GroundTruth,
+    off: [isize; 2],
+) -> (f64, f64) {
+    let (d1, d2) = (s.dims.d1, s.dims.d2);
+    let mut near = vec![false; d1 * d2];
+    let mut at_centres = Vec::new();
+    for k in 0..truth.n_neurons() {
+        let (ci, cj) = (truth.centers[[k, 0]] + off[0] as f64, truth.centers[[k, 1]] + off[1] as f64);
+        let r = 2.0 * truth.sigmas[[k, 0]];
+        for i in 0..d1 {
+            for j in 0..d2 {
+                if (i as f64 - ci).powi(2) + (j as f64 - cj).powi(2) <= r * r {
+                    near[i * d2 + j] = true;
+                }
+            }
+        }
+        let (i, j) = (ci.round(), cj.round());
+        if i >= 0.0 && j >= 0.0 && (i as usize) < d1 && (j as usize) < d2 {
+            at_centres.push(s.cn[[i as usize, j as usize, 0]]);
+        }
+    }
+    let mut away: Vec<f64> =
+        (0..d1 * d2).filter(|&p| !near[p]).map(|p| s.cn[[p / d2, p % d2, 0]]).filter(|v| v.is_finite()).collect();
+    at_centres.retain(|v| v.is_finite());
+    (median(&mut at_centres), median(&mut away))
+}
+
+/// Traces of the neurons whose footprint lies wholly in the field of view, read from the corrected
+/// movie through their true footprints (moved by `off`): `aᵀy / aᵀa` per frame.
+fn footprint_traces(
+    movie: &Path,
+    truth: &caiman_io::synth::GroundTruth,
+    off: [isize; 2],
+) -> Result<(ndarray::Array2<f64>, Vec<usize>)> {
+    let mut src = open(movie, &OpenOptions::default())?;
+    let (dims, frames) = (src.dims(), src.frames());
+    let mut weights: Vec<(usize, Vec<(usize, f64)>)> = Vec::new();
+    for k in 0..truth.n_neurons() {
+        if truth.frac_in_fov[k] < 0.99 {
+            continue;
+        }
+        let (rows, vals) = truth.a.column(k);
+        let mut w = Vec::with_capacity(rows.len());
+        for (&p, &v) in rows.iter().zip(vals) {
+            // Fortran pixel order in the ground truth, C order in the frames.
+            let (i, j) = ((p as usize % dims.d1) as isize + off[0], (p as usize / dims.d1) as isize + off[1]);
+            if i >= 0 && j >= 0 && (i as usize) < dims.d1 && (j as usize) < dims.d2 {
+                w.push((i as usize * dims.d2 + j as usize, f64::from(v)));
+            }
+        }
+        if !w.is_empty() {
+            weights.push((k, w));
+        }
+    }
+    let mut traces = ndarray::Array2::zeros((weights.len(), frames));
+    let d = dims.pixels();
+    let chunk = ((32 << 20) / (4 * d)).clamp(1, frames);
+    let mut buf = vec![0f32; chunk * d];
+    for start in (0..frames).step_by(chunk) {
+        let n = chunk.min(frames - start);
+        src.read_frames(start, &mut buf[..n * d])?;
+        for (row, (_, w)) in weights.iter().enumerate() {
+            let norm: f64 = w.iter().map(|(_, v)| v * v).sum();
+            for t in 0..n {
+                let frame = &buf[t * d..(t + 1) * d];
+                traces[[row, start + t]] = w.iter().map(|&(p, v)| v * f64::from(frame[p])).sum::<f64>() / norm;
+            }
+        }
+    }
+    Ok((traces, weights.into_iter().map(|(k, _)| k).collect()))
 }
 
 /// Move the demo files out of the temporary directory (which is removed on return).

@@ -1,17 +1,20 @@
 //! `caiman`: the command-line face of caiman-rs.
 //!
 //! Subcommands: `info` (what a movie file holds), `convert` (any format to any format, streamed),
-//! `motion-correct` (NoRMCorre), `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
+//! `motion-correct` (NoRMCorre), `deconvolve` (OASIS on trace matrices), `summary` (correlation,
+//! mean, max and noise images), `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
 //! exists, on a synthetic movie). This crate is glue: parsing flags, progress bars, printing
 //! results. The work happens in the library crates.
 // A command-line tool's job is to print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod convert;
+mod deconvolve;
 mod demo;
 mod info;
 mod motion;
 mod progress;
+mod summary;
 mod synth;
 
 use std::process::ExitCode;
@@ -40,6 +43,10 @@ enum Command {
     Convert(convert::Args),
     /// NoRMCorre motion correction (rigid, or piecewise rigid with --pw-rigid).
     MotionCorrect(motion::Args),
+    /// OASIS deconvolution (CaImAn's constrained_foopsi) of every trace in a matrix.
+    Deconvolve(deconvolve::Args),
+    /// Summary images: correlation image, mean, max, pixel noise (HDF5 and PNG).
+    Summary(summary::Args),
     /// Write a synthetic two-photon movie and its ground truth.
     Synth(synth::Args),
     /// Run the whole available pipeline on a synthetic movie and report against ground truth.
@@ -60,7 +67,10 @@ fn init_logging(quiet: bool, verbose: u8) {
 
 fn main() -> ExitCode {
     // Worker processes of a `processes` backend are this executable started again: serve tasks.
-    caiman_parallel::Registry::new().with(caiman_motion::register_tasks).serve_if_worker();
+    caiman_parallel::Registry::new()
+        .with(caiman_motion::register_tasks)
+        .with(caiman_cnmf::register_tasks)
+        .serve_if_worker();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     let ui = progress::Ui::new(cli.quiet);
@@ -68,6 +78,8 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Convert(a) => convert::run(a, &ui),
         Command::MotionCorrect(a) => motion::run(a, &ui),
+        Command::Deconvolve(a) => deconvolve::run(a, &ui),
+        Command::Summary(a) => summary::run(a, &ui),
         Command::Synth(a) => synth::run(a, &ui),
         Command::Demo(a) => demo::run(a, &ui),
     };

@@ -26,6 +26,19 @@ impl Ui {
         bar
     }
 
+    /// A bar over `total` items counted in `unit`s; hidden when quiet or when stderr is not a terminal.
+    pub(crate) fn items_bar(&self, total: usize, what: &str, unit: &str) -> ProgressBar {
+        let bar = self.frames_bar(total, what);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{msg:>12}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
+            ))
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    }
+
     pub(crate) fn quiet(&self) -> bool {
         self.quiet
     }

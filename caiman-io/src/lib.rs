@@ -11,7 +11,9 @@
 //!   half-written file ([`write::AtomicFile`]);
 //! * a small HDF5 layer ([`h5`]) over a pure-Rust HDF5 implementation, so the build needs no
 //!   system library;
-//! * a synthetic two-photon movie generator with ground truth ([`synth`]).
+//! * a synthetic two-photon movie generator with ground truth ([`synth`]);
+//! * trace matrices (components × time) from `.npy`, CSV and HDF5 ([`matrix`]);
+//! * PNG pictures of images with colormaps and simple drawing ([`png`]).
 //!
 //! What it is not: no algorithm (motion correction, CNMF, … live in their own crates), no threads
 //! (parallelism belongs to `caiman-parallel`), no printing (it logs with `tracing`).
@@ -29,9 +31,11 @@
 pub mod error;
 pub mod h5;
 pub mod hdf5;
+pub mod matrix;
 pub mod mmap;
 pub mod movie;
 pub mod npy;
+pub mod png;
 mod raw;
 pub mod source;
 pub mod synth;

@@ -1,0 +1,31 @@
+//! `caiman-cnmf`: CaImAn's CNMF numerical kernels — pixel and trace noise, AR estimation, OASIS
+//! deconvolution (batch and incremental), summary images, event exceptionality and trace SNR,
+//! ΔF/F.
+//!
+//! What it is not: no file formats (movies come through `caiman-io` frame sources), no threads
+//! (work over many traces or pixel blocks is mapped through a `caiman-parallel` executor), no
+//! printing (logs go through `tracing`).
+
+pub mod dff;
+pub mod error;
+pub mod evaluation;
+pub mod foopsi;
+pub mod noise;
+pub mod oasis;
+pub mod online_oasis;
+pub mod params;
+pub mod sparse;
+pub mod stats;
+pub mod summary;
+
+pub use error::{Error, Result};
+
+/// Registers every task type of this crate with a worker registry (for the `processes`
+/// strategy: a worker program must know the tasks it may be sent).
+pub fn register_tasks(r: caiman_parallel::Registry) -> caiman_parallel::Registry {
+    let r = noise::register_tasks(r);
+    let r = summary::register_tasks(r);
+    let r = foopsi::register_tasks(r);
+    let r = online_oasis::register_tasks(r);
+    evaluation::register_tasks(r)
+}
