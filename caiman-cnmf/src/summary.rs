@@ -150,7 +150,8 @@ pub struct SummaryOptions {
     pub fft: bool,
     /// `Some(window)`: also compute `bin_median(movie, window)` (CaImAn's default window: 10).
     pub median_window: Option<usize>,
-    /// Frames per task of the streamed pass (default 500).
+    /// Frames per task of the streamed pass (default 250). The split depends on the movie only,
+    /// never on the number of workers, so every executor gives bit-identical images.
     pub frames_per_task: usize,
 }
 
@@ -160,7 +161,7 @@ impl Default for SummaryOptions {
             corr: CorrOptions { chunking: Some(Chunking::default()), ..CorrOptions::default() },
             fft: true,
             median_window: None,
-            frames_per_task: 500,
+            frames_per_task: 250,
         }
     }
 }
@@ -256,9 +257,23 @@ pub fn summary_images<E: Executor>(
         .map(|tp| SummaryTask { path: path.to_path_buf(), open: open_opts.clone(), plan: tp.clone() })
         .collect();
     tracing::debug!(path = %path.display(), %shape, tasks = tasks.len(), groups = plan.groups.len(), "summary images");
-    let (outputs, stats) = exec.map(tasks)?;
-    let mut images = plan.combine(outputs)?;
-    images.stats = Some(stats);
+    // Map in batches and add each batch's outputs at once, so that a long movie never holds the
+    // partial sums of all its tasks (same summation order as one map: results do not depend on it).
+    let batch = (4 * exec.workers()).max(4);
+    let mut acc = plan.accumulator();
+    let mut stats: Option<RunStats> = None;
+    let mut tasks = tasks.into_iter().peekable();
+    while tasks.peek().is_some() {
+        let part: Vec<SummaryTask> = tasks.by_ref().take(batch).collect();
+        let (outputs, st) = exec.map(part)?;
+        plan.add_outputs(&mut acc, outputs)?;
+        stats = Some(match stats {
+            None => st,
+            Some(prev) => prev.then(&st),
+        });
+    }
+    let mut images = plan.finish(acc)?;
+    images.stats = stats;
     Ok(images)
 }
 
@@ -620,11 +635,24 @@ impl Plan {
 
     /// Adds up the task outputs and turns the sums into images.
     fn combine(&self, outputs: Vec<TaskOutput>) -> Result<SummaryImages> {
-        let geo = &self.geo;
-        let d = geo.pixels();
-        let mut groups: Vec<Option<Moments>> = (0..self.groups.len()).map(|_| None).collect();
-        let mut max = vec![f32::NEG_INFINITY; d];
-        let mut slot_means: Vec<f32> = Vec::new();
+        let mut acc = self.accumulator();
+        self.add_outputs(&mut acc, outputs)?;
+        self.finish(acc)
+    }
+
+    /// An empty running sum of task outputs.
+    fn accumulator(&self) -> Accumulated {
+        Accumulated {
+            groups: (0..self.groups.len()).map(|_| None).collect(),
+            max: vec![f32::NEG_INFINITY; self.geo.pixels()],
+            slot_means: Vec::new(),
+        }
+    }
+
+    /// Adds task outputs, in task order, to `acc`.
+    fn add_outputs(&self, acc: &mut Accumulated, outputs: Vec<TaskOutput>) -> Result<()> {
+        let d = self.geo.pixels();
+        let Accumulated { groups, max, slot_means } = acc;
         for out in outputs {
             if out.max.len() != d {
                 return Err(Error::ShapeMismatch {
@@ -652,6 +680,14 @@ impl Plan {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Turns the accumulated sums into images.
+    fn finish(&self, acc: Accumulated) -> Result<SummaryImages> {
+        let geo = &self.geo;
+        let d = geo.pixels();
+        let Accumulated { groups, max, slot_means } = acc;
         let groups: Vec<Moments> = groups
             .into_iter()
             .zip(&self.groups)
@@ -705,6 +741,13 @@ impl Plan {
             stats: None,
         })
     }
+}
+
+/// Task outputs added up so far (see [`Plan::add_outputs`]).
+struct Accumulated {
+    groups: Vec<Option<Moments>>,
+    max: Vec<f32>,
+    slot_means: Vec<f32>,
 }
 
 /// Pixel-wise median of `n` window means (`n × d`, window-major), numpy's rule for even `n`.

@@ -63,6 +63,22 @@ pub struct RunStats {
 }
 
 impl RunStats {
+    /// The cost of this map followed by `next` on the same executor, as if they were one map:
+    /// counts, times and per-task vectors add up; peaks are the larger of the two (per worker).
+    pub fn then(mut self, next: &RunStats) -> RunStats {
+        self.tasks += next.tasks;
+        self.wall += next.wall;
+        self.task_wall.extend_from_slice(&next.task_wall);
+        self.task_cpu.extend_from_slice(&next.task_cpu);
+        self.task_worker.extend_from_slice(&next.task_worker);
+        self.cpu_total += next.cpu_total;
+        let (a, b) = (&self.peak_rss.workers_kib, &next.peak_rss.workers_kib);
+        let workers: Vec<u64> =
+            (0..a.len().max(b.len())).map(|i| a.get(i).copied().max(b.get(i).copied()).unwrap_or(0)).collect();
+        self.peak_rss = PeakRss::new(self.peak_rss.parent_kib.max(next.peak_rss.parent_kib), workers);
+        self
+    }
+
     /// Mean of [`task_wall`](Self::task_wall) (zero for an empty map).
     pub fn mean_task_wall(&self) -> Duration {
         mean(&self.task_wall)
@@ -121,18 +137,20 @@ impl PeakRss {
     }
 }
 
-/// Peak resident set size of this process since it started, in KiB (`getrusage`'s `ru_maxrss`,
-/// which on Linux is the `VmHWM` of `/proc/self/status`; 0 where unavailable).
+/// Peak resident set size of this process since it started, in KiB: `VmHWM` of
+/// `/proc/self/status` on Linux, `getrusage`'s `ru_maxrss` on other Unixes; 0 where unavailable.
 pub fn peak_rss_kib() -> u64 {
+    // Linux first: `VmHWM` starts afresh at `execve`, whereas `ru_maxrss` carries over the peak of
+    // the process image that forked us — a worker started by a 2 GB parent would report 2 GB.
+    #[cfg(target_os = "linux")]
+    if let Some(kib) = proc_status_kib("VmHWM:") {
+        return kib;
+    }
     #[cfg(unix)]
     if let Some(r) = rusage_self() {
         let maxrss = u64::try_from(r.ru_maxrss).unwrap_or(0);
         // macOS reports bytes, the other Unixes KiB.
         return if cfg!(target_os = "macos") { maxrss / 1024 } else { maxrss };
-    }
-    #[cfg(target_os = "linux")]
-    if let Some(kib) = proc_status_kib("VmHWM:") {
-        return kib;
     }
     0
 }
@@ -201,12 +219,36 @@ mod tests {
         assert!(process_cpu_time() > c0);
     }
 
+    /// The peak is this process's own: `VmHWM` (reset at `execve`), not `ru_maxrss`, which a
+    /// process started by a large parent (cargo here) inherits from it.
     #[cfg(target_os = "linux")]
     #[test]
-    fn rusage_peak_matches_vm_hwm() {
+    fn peak_is_the_vm_high_water_mark() {
         let hwm = proc_status_kib("VmHWM:").unwrap();
         let peak = peak_rss_kib();
         assert!(peak.abs_diff(hwm) <= hwm / 10 + 1024, "{peak} vs {hwm}");
+    }
+
+    #[test]
+    fn consecutive_maps_add_up() {
+        let ms = Duration::from_millis;
+        let one = |tasks: usize, wall: u64, parent: u64, workers: Vec<u64>| RunStats {
+            strategy: Strategy::Processes,
+            workers: 2,
+            inner_threads: 1,
+            tasks,
+            wall: ms(wall),
+            task_wall: vec![ms(1); tasks],
+            task_cpu: vec![ms(2); tasks],
+            task_worker: (0..tasks).map(|i| i % 2).collect(),
+            cpu_total: ms(3 * tasks as u64),
+            peak_rss: PeakRss::new(parent, workers),
+        };
+        let both = one(3, 10, 100, vec![5, 9]).then(&one(2, 7, 80, vec![8, 1]));
+        assert_eq!((both.tasks, both.wall, both.cpu_total), (5, ms(17), ms(15)));
+        assert_eq!(both.task_wall.len(), 5);
+        assert_eq!(both.task_worker, vec![0, 1, 0, 0, 1]);
+        assert_eq!(both.peak_rss, PeakRss::new(100, vec![8, 9]));
     }
 
     #[test]
