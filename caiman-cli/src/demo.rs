@@ -197,7 +197,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let offset = template_offset(&mc.shifts_rig, &truth_shifts);
     let exec = backend.build()?;
     let summary_opts = caiman_cnmf::summary::SummaryOptions::default();
-    let images = crate::summary::compute(&mc.output, &OpenOptions::default(), &summary_opts, 1 << 30, &exec)?;
+    let images = crate::summary::compute(&mc.output, &OpenOptions::default(), &summary_opts, 1 << 30, &exec, &|_| {})?;
     let pngs = crate::summary::write_pngs(&dir.join("demo_summary.h5"), &images)?;
     crate::summary::write_hdf5(&dir.join("demo_summary.h5"), &images)?;
     let (cn_in, cn_out) = cn_contrast(&images.summary, &truth, offset);

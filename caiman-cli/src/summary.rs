@@ -91,18 +91,21 @@ impl Images {
     }
 }
 
-/// Computes the summary images and the pixel noise of `movie`.
+/// Computes the summary images and the pixel noise of `movie` (two passes; `passes_done` hears
+/// when the first is over).
 pub(crate) fn compute(
     movie: &Path,
     open: &caiman_io::OpenOptions,
     opts: &SummaryOptions,
     memory_bytes: usize,
     exec: &AnyExecutor,
+    passes_done: &dyn Fn(u64),
 ) -> Result<Images> {
     let started = Instant::now();
     let summary =
         summary_images(movie, open, opts, exec).with_context(|| format!("summary images of {}", movie.display()))?;
     let seconds_images = started.elapsed().as_secs_f64();
+    passes_done(1);
     let started = Instant::now();
     let noise = pixel_noise(movie, open, &NoiseFftOptions::default(), memory_bytes, exec)
         .with_context(|| format!("pixel noise of {}", movie.display()))?;
@@ -156,9 +159,9 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     if args.four_neighbours {
         opts.corr.neighbours = Neighbours::Four;
     }
-    let spinner = ui.items_bar(2, "summary", "passes");
-    let images = compute(&args.movie, &open, &opts, args.memory_mib.max(1) << 20, &exec)?;
-    spinner.finish_and_clear();
+    let bar = ui.items_bar(2, "summary", "passes");
+    let images = compute(&args.movie, &open, &opts, args.memory_mib.max(1) << 20, &exec, &|n| bar.set_position(n))?;
+    bar.finish_and_clear();
     let workers = exec.workers();
     drop(exec);
     let out = write_hdf5(&args.output, &images)?;

@@ -194,10 +194,10 @@ fn ar1_matches_caiman() {
     }
 }
 
-/// Where the AR(2) constraint cannot be met: the estimated `g = [1.68, −0.69]` of this trace has
-/// `1 − g₁ − g₂ = 0.008`, so a baseline shift costs almost nothing as calcium and the problem is
-/// degenerate (CaImAn's residual is 2.27 × sn²T).
-const AR2_DEGENERATE: &str = "ar2_sn0.2_T1000_p2";
+/// Where the AR(2) constraint cannot be met: with `optimize_g` the re-fitted `g = [1.83, −0.835]`
+/// (roots 0.966 and 0.864) rises too slowly for this trace's events, and even the exact NNLS at
+/// `λ = 0`, minimised jointly over the baseline, leaves RSS = 1.216 × sn²T (CaImAn: 2.29).
+const AR2_OUT_OF_REACH: &str = "ar2_sn0.2_T1000_p2_optg1";
 
 /// AR(2): CaImAn stops after one baseline update and misses the noise constraint (its RSS/(sn²T)
 /// ranges from 0.94 to 2.29); ours meets it to 1e-4 while c stays close to CaImAn's.
@@ -207,19 +207,21 @@ fn ar2_meets_constraint_and_matches_caiman() {
     assert!(!rows.is_empty());
     for r in &rows {
         let variant = r.key.rsplit('_').next().unwrap();
-        let degenerate = r.key.starts_with(AR2_DEGENERATE) && variant != "known" && variant != "pipeline";
-        if variant != "smin-3" {
-            if degenerate {
-                assert!(miss(r.rss) < miss(r.rss_caiman), "{}: {} vs CaImAn {}", r.key, r.rss, r.rss_caiman);
-            } else {
-                assert!(miss(r.rss) <= 1e-4, "{}: RSS/(sn²T) = {}", r.key, r.rss);
-            }
+        if r.key == AR2_OUT_OF_REACH {
+            // the λ = 0 optimum over (s, b): as close as s ≥ 0 allows
+            assert!(
+                r.rss < 1.22 && miss(r.rss) < miss(r.rss_caiman),
+                "{}: {} vs CaImAn {}",
+                r.key,
+                r.rss,
+                r.rss_caiman
+            );
+        } else if variant != "smin-3" {
+            assert!(miss(r.rss) <= 1e-4, "{}: RSS/(sn²T) = {}", r.key, r.rss);
         }
         // AR(2) model on noisy AR(1) data (sn 0.5, T 1000): CaImAn's proxy mask misses the small
         // events our solution needs to reach the constraint.
-        let hard = degenerate
-            || r.key.starts_with("ar1_sn0.5_T1000_p2")
-            || (variant == "optg1" && r.key.starts_with("ar1_sn0.5"));
+        let hard = r.key.starts_with("ar1_sn0.5_T1000_p2") || (variant == "optg1" && r.key.starts_with("ar1_sn0.5"));
         let min_c = match variant {
             "known" => 0.999,
             "smin-3" => 0.95,
