@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use caiman_cnmf::foopsi::{FoopsiOptions, FoopsiResult, deconvolve_traces};
-use caiman_parallel::{Backend, Executor};
+use caiman_parallel::Executor;
 use serde::Serialize;
 
-use crate::motion::backend_from;
+use crate::exec_args::ExecArgs;
 use crate::progress::Ui;
 
 #[derive(Debug, clap::Args)]
@@ -46,12 +46,8 @@ pub(crate) struct Args {
     /// CaImAn's `fudge_factor` applied to the estimated time constants.
     #[arg(long)]
     fudge_factor: Option<f64>,
-    /// Execution backend: `linear`, `threads[:N]`, `processes[:N]` (`,inner=K` allowed) or JSON.
-    #[arg(long)]
-    backend: Option<Backend>,
-    /// Number of workers (overrides the backend's).
-    #[arg(long)]
-    workers: Option<usize>,
+    #[command(flatten)]
+    exec: ExecArgs,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -116,7 +112,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let opts = options(&args)?;
     let traces = caiman_io::matrix::read_matrix(&args.traces, args.dataset.as_deref())?;
     let (k, t) = traces.dim();
-    let backend = backend_from(args.backend.clone(), args.workers, None);
+    let backend = args.exec.backend();
     let exec = backend.build()?;
     let bar = ui.items_bar(k, "deconvolve", "traces");
     let started = Instant::now();

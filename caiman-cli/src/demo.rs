@@ -178,7 +178,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         params: caiman_motion::MotionParams::default(),
         template: None,
     };
-    let backend = crate::motion::backend_from(None, None, None);
+    let backend = crate::exec_args::backend_from(None, None, None);
     let (mc, secs) = crate::motion::run_motion(&job, &backend, ui)?;
     let truth_shifts: Vec<[f64; 2]> = (0..shape.frames).map(|t| truth.shift_to_apply(t)).collect();
     let err = shift_rms_error(&mc.shifts_rig, &truth_shifts);

@@ -11,6 +11,7 @@
 mod convert;
 mod deconvolve;
 mod demo;
+mod exec_args;
 mod info;
 mod motion;
 mod progress;

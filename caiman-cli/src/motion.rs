@@ -10,6 +10,7 @@ use caiman_motion::{MotionJob, MotionParams, MotionResult, motion_correct};
 use caiman_parallel::Backend;
 use serde::Serialize;
 
+use crate::exec_args::ExecArgs;
 use crate::progress::Ui;
 
 #[derive(Debug, clap::Args)]
@@ -33,16 +34,8 @@ pub(crate) struct Args {
     /// HDF5 dataset of the input (default `mov`, or the file's only dataset).
     #[arg(long)]
     dataset: Option<String>,
-    /// Execution backend: `linear`, `threads[:N]`, `processes[:N]` (`,inner=K` allowed) or JSON.
-    /// Default: a thread pool of (cores − 1, at least 1) workers.
-    #[arg(long)]
-    backend: Option<Backend>,
-    /// Number of workers (overrides the backend's).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Threads each worker may use inside a task (wins over OMP_NUM_THREADS and friends).
-    #[arg(long)]
-    inner_threads: Option<usize>,
+    #[command(flatten)]
+    exec: ExecArgs,
     /// Print a JSON summary (frames/s, peak RSS, metrics) on stdout.
     #[arg(long)]
     json: bool,
@@ -79,19 +72,6 @@ pub(crate) fn load_params(file: Option<&PathBuf>) -> Result<MotionParams> {
     Ok(p)
 }
 
-pub(crate) fn backend_from(backend: Option<Backend>, workers: Option<usize>, inner: Option<usize>) -> Backend {
-    let b = backend.unwrap_or_default();
-    let b = match (workers, b.strategy()) {
-        (Some(n), caiman_parallel::Strategy::Processes) => Backend::processes(n),
-        (Some(n), caiman_parallel::Strategy::Threads) => Backend::threads(n),
-        _ => b,
-    };
-    match inner {
-        Some(n) => b.with_inner_threads(Some(n)),
-        None => b,
-    }
-}
-
 pub(crate) fn run_motion(job: &MotionJob, backend: &Backend, ui: &Ui) -> Result<(MotionResult, f64)> {
     let exec = backend.build()?;
     let bar = ui.frames_bar(0, "motion");
@@ -112,7 +92,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     if args.pw_rigid {
         params.pw_rigid = true;
     }
-    let backend = backend_from(args.backend, args.workers, args.inner_threads);
+    let backend = args.exec.backend();
     let job = MotionJob {
         inputs: args.inputs.clone(),
         open: caiman_io::OpenOptions { dataset: args.dataset.clone(), ..Default::default() },

@@ -9,11 +9,11 @@ use anyhow::{Context, Result};
 use caiman_cnmf::noise::{NoiseFftOptions, pixel_noise};
 use caiman_cnmf::summary::{Neighbours, SummaryImages, SummaryOptions, summary_images};
 use caiman_io::png::{Colormap, Scaling, save_scalar};
-use caiman_parallel::{AnyExecutor, Backend, Executor};
+use caiman_parallel::{AnyExecutor, Executor};
 use ndarray::{Array2, ArrayView3};
 use serde::Serialize;
 
-use crate::motion::backend_from;
+use crate::exec_args::ExecArgs;
 use crate::progress::Ui;
 
 #[derive(Debug, clap::Args)]
@@ -42,12 +42,8 @@ pub(crate) struct Args {
     /// Memory the pixel-noise pass may use for pixel traces, in MiB.
     #[arg(long, default_value_t = 1024)]
     memory_mib: usize,
-    /// Execution backend: `linear`, `threads[:N]`, `processes[:N]` (`,inner=K` allowed) or JSON.
-    #[arg(long)]
-    backend: Option<Backend>,
-    /// Number of workers (overrides the backend's).
-    #[arg(long)]
-    workers: Option<usize>,
+    #[command(flatten)]
+    exec: ExecArgs,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -152,7 +148,7 @@ pub(crate) fn write_pngs(base: &Path, images: &Images) -> Result<Vec<PathBuf>> {
 }
 
 pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
-    let backend = backend_from(args.backend.clone(), args.workers, None);
+    let backend = args.exec.backend();
     let exec = backend.build()?;
     let open = caiman_io::OpenOptions { dataset: args.dataset.clone(), ..Default::default() };
     let mut opts = SummaryOptions { fft: args.fft, median_window: args.median_window, ..Default::default() };

@@ -31,6 +31,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::stats::check_finite;
 
 /// How the power spectral density values inside the noise band are averaged into a noise level
 /// (CaImAn's `noise_method` / `method` argument).
@@ -51,16 +52,6 @@ fn check_noise_range(noise_range: [f64; 2]) -> Result<()> {
     let [lo, hi] = noise_range;
     if !(lo.is_finite() && hi.is_finite() && lo >= 0.0 && lo < hi) {
         return Err(Error::InvalidParam(format!("noise_range must be finite with 0 <= low < high, got [{lo}, {hi}]")));
-    }
-    Ok(())
-}
-
-fn check_finite(y: &[f64], what: &'static str) -> Result<()> {
-    if y.is_empty() {
-        return Err(Error::Empty { what });
-    }
-    if y.iter().any(|v| !v.is_finite()) {
-        return Err(Error::NonFinite { what });
     }
     Ok(())
 }

@@ -882,15 +882,7 @@ impl Nnls {
             return;
         }
         self.key = (g[0], g[1], w);
-        self.h.clear();
-        for k in 0..w {
-            let v = match k {
-                0 => 1.0,
-                1 => g[0],
-                _ => g[0] * self.h[k - 1] + g[1] * self.h[k - 2],
-            };
-            self.h.push(v);
-        }
+        ar2_impulse_response(g, w, &mut self.h);
         // KK[i][j] = Σ_{r ≥ max(i,j)} h[r−i] h[r−j] = KK[i+1][j+1] + h[w−1−i] h[w−1−j]
         self.kk.clear();
         self.kk.resize(w * w, 0.0);
@@ -1599,17 +1591,23 @@ struct Ar2Tables<'a> {
     g11g12: &'a [f64],
 }
 
-/// `g11 = h`, `g12 = [0, g₂·g11[:-1]]` and their cumulative products/sums (length T).
-fn ar2_tables(ar2: &mut Ar2Buffers, g: [f64; 2], t_len: usize) {
-    ar2.g11.clear();
-    for k in 0..t_len {
+/// The first `n` samples of the AR(2) impulse response `h` (`h₀ = 1`, `h₁ = g₁`,
+/// `h_k = g₁h_{k−1} + g₂h_{k−2}`), written into `out`.
+fn ar2_impulse_response(g: [f64; 2], n: usize, out: &mut Vec<f64>) {
+    out.clear();
+    for k in 0..n {
         let v = match k {
             0 => 1.0,
             1 => g[0],
-            _ => g[0] * ar2.g11[k - 1] + g[1] * ar2.g11[k - 2],
+            _ => g[0] * out[k - 1] + g[1] * out[k - 2],
         };
-        ar2.g11.push(v);
+        out.push(v);
     }
+}
+
+/// `g11 = h`, `g12 = [0, g₂·g11[:-1]]` and their cumulative products/sums (length T).
+fn ar2_tables(ar2: &mut Ar2Buffers, g: [f64; 2], t_len: usize) {
+    ar2_impulse_response(g, t_len, &mut ar2.g11);
     ar2.g12.clear();
     ar2.g12.push(0.0);
     ar2.g12.extend(ar2.g11[..t_len - 1].iter().map(|v| g[1] * v));

@@ -186,7 +186,8 @@ pub fn hsm_sorted(sorted: &[f64]) -> f64 {
     }
 }
 
-fn check_finite(data: &[f64], what: &'static str) -> Result<()> {
+/// [`Error::Empty`] for no values, [`Error::NonFinite`] for NaN or infinite ones.
+pub(crate) fn check_finite(data: &[f64], what: &'static str) -> Result<()> {
     if data.is_empty() {
         return Err(Error::Empty { what });
     }

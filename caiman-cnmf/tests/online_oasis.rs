@@ -633,7 +633,9 @@ proptest! {
     /// makes the two problems identical.
     #[test]
     fn incremental_ar1_ends_equal_to_batch_oasis(
-        y in proptest::collection::vec(-1.0f64..4.0, 1..60),
+        // At least two samples: with one, the batch function treats the only sample as a first
+        // sample (`λ(1 − g)`), not as a last one.
+        y in proptest::collection::vec(-1.0f64..4.0, 2..60),
         g in 0.5f64..0.99,
         lam in prop_oneof![Just(0.0), 0.0f64..0.8],
     ) {
