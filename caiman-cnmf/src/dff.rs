@@ -24,6 +24,9 @@
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
+use caiman_parallel::{Executor, Linear, Registry, Task, TaskCtx, TaskError};
+
+use crate::error::task_err;
 use crate::sparse::CscMatrix;
 use crate::stats::{ZoomMode, block_percentile_baseline, df_percentile, percentile_filter, percentile_in_place};
 use crate::{Error, Result};
@@ -106,6 +109,23 @@ pub fn detrend_df_f(
     yra: Option<ArrayView2<'_, f64>>,
     opts: &DffOptions,
 ) -> Result<Array2<f64>> {
+    detrend_df_f_with(a, b, c, f, yra, opts, &Linear::new())
+}
+
+/// [`detrend_df_f`] with the per-trace work (KDE percentile, running percentiles) mapped over
+/// blocks of [`DFF_TRACES_PER_TASK`] traces by `exec`. Every executor gives identical results.
+///
+/// # Errors
+/// As [`detrend_df_f`], plus [`Error::Exec`] when a task fails.
+pub fn detrend_df_f_with<E: Executor>(
+    a: &CscMatrix,
+    b: Option<ArrayView2<'_, f64>>,
+    c: ArrayView2<'_, f64>,
+    f: Option<ArrayView2<'_, f64>>,
+    yra: Option<ArrayView2<'_, f64>>,
+    opts: &DffOptions,
+    exec: &E,
+) -> Result<Array2<f64>> {
     let (k, t) = c.dim();
     if a.ncols() != k {
         return Err(shape_err("A columns vs C rows", &[k], &[a.ncols()]));
@@ -175,29 +195,79 @@ pub fn detrend_df_f(
         None => Array2::zeros((k, t)),
     };
 
-    let windowed = matches!(opts.frames_window, Some(w) if w <= t);
-    let kde_len = opts.frames_window.map_or(t, |w| w.min(t));
-    let mut out = Array2::zeros((k, t));
-    let mut scratch = Vec::with_capacity(t);
-    let mut row_f = Vec::with_capacity(t);
-    let mut row_b = Vec::with_capacity(t);
-    for i in 0..k {
-        row_f.clear();
-        row_f.extend(fmat.row(i).iter().copied());
-        row_b.clear();
-        row_b.extend(bmat.row(i).iter().copied());
-        let q = if opts.flag_auto { df_percentile(&row_f[..kde_len]).0 } else { opts.quantile_min };
-        let f0 = baseline(&row_f, q, opts, windowed, &mut scratch)?;
-        let mut o = out.row_mut(i);
-        if detrend_only {
-            o.iter_mut().zip(&row_f).zip(&f0).for_each(|((o, &fv), &f0)| *o = fv - f0);
-        } else {
-            let b0 = baseline(&row_b, q, opts, windowed, &mut scratch)?;
-            o.iter_mut()
-                .zip(&row_f)
-                .zip(f0.iter().zip(&b0))
-                .for_each(|((o, &fv), (&f0, &b0))| *o = (fv - f0) / (b0 + f0));
+    let rows = |m: &Array2<f64>, r: std::ops::Range<usize>| m.slice(ndarray::s![r, ..]).iter().copied().collect();
+    let tasks: Vec<DffBlock> = (0..k)
+        .step_by(DFF_TRACES_PER_TASK)
+        .map(|start| {
+            let r = start..(start + DFF_TRACES_PER_TASK).min(k);
+            DffBlock { t, f: rows(&fmat, r.clone()), b: rows(&bmat, r), opts: opts.clone(), detrend_only }
+        })
+        .collect();
+    let (blocks, _) = exec.map(tasks)?;
+    let data: Vec<f64> = blocks.into_iter().flatten().collect();
+    Array2::from_shape_vec((k, t), data).map_err(|e| Error::InvalidParam(format!("internal: ΔF/F blocks: {e}")))
+}
+
+/// Traces per [`DffBlock`] task.
+pub const DFF_TRACES_PER_TASK: usize = 32;
+
+/// Registers this module's task type with a worker registry.
+pub fn register_tasks(r: Registry) -> Registry {
+    r.register::<DffBlock>()
+}
+
+/// ΔF/F of a block of traces: the raw traces `F` and the background `B` seen through the
+/// unit-norm footprints, row-major `rows × t` each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DffBlock {
+    /// Samples per trace.
+    pub t: usize,
+    /// `F = C + YrA` of the block's traces (scaled by the footprint norms), row-major.
+    pub f: Vec<f64>,
+    /// `B = Aᵀ b f` of the block's traces, row-major.
+    pub b: Vec<f64>,
+    /// The options.
+    pub opts: DffOptions,
+    /// Return `F − F0` only.
+    pub detrend_only: bool,
+}
+
+impl DffBlock {
+    /// ΔF/F of the block, row-major.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `f` and `b` do not hold whole traces of `t` samples.
+    pub fn compute(&self) -> Result<Vec<f64>> {
+        let (t, opts) = (self.t, &self.opts);
+        if t == 0 || !self.f.len().is_multiple_of(t) || self.b.len() != self.f.len() {
+            return Err(shape_err("ΔF/F block (F, B)", &[self.f.len()], &[self.b.len()]));
         }
+        let windowed = matches!(opts.frames_window, Some(w) if w <= t);
+        let kde_len = opts.frames_window.map_or(t, |w| w.min(t));
+        let mut out = vec![0.0; self.f.len()];
+        let mut scratch = Vec::with_capacity(t);
+        for ((row_f, row_b), o) in self.f.chunks_exact(t).zip(self.b.chunks_exact(t)).zip(out.chunks_exact_mut(t)) {
+            let q = if opts.flag_auto { df_percentile(&row_f[..kde_len]).0 } else { opts.quantile_min };
+            let f0 = baseline(row_f, q, opts, windowed, &mut scratch)?;
+            if self.detrend_only {
+                o.iter_mut().zip(row_f).zip(&f0).for_each(|((o, &fv), &f0)| *o = fv - f0);
+            } else {
+                let b0 = baseline(row_b, q, opts, windowed, &mut scratch)?;
+                o.iter_mut()
+                    .zip(row_f)
+                    .zip(f0.iter().zip(&b0))
+                    .for_each(|((o, &fv), (&f0, &b0))| *o = (fv - f0) / (b0 + f0));
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
+}
+
+impl Task for DffBlock {
+    const NAME: &'static str = "caiman_cnmf.dff_block";
+    type Output = Vec<f64>;
+
+    fn run(self, _ctx: &TaskCtx) -> std::result::Result<Vec<f64>, TaskError> {
+        self.compute().map_err(task_err)
+    }
 }

@@ -27,5 +27,6 @@ pub fn register_tasks(r: caiman_parallel::Registry) -> caiman_parallel::Registry
     let r = summary::register_tasks(r);
     let r = foopsi::register_tasks(r);
     let r = online_oasis::register_tasks(r);
+    let r = dff::register_tasks(r);
     evaluation::register_tasks(r)
 }

@@ -5,7 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 use caiman_cnmf::Error;
-use caiman_cnmf::dff::{DffOptions, detrend_df_f};
+use caiman_cnmf::dff::{DffOptions, detrend_df_f, detrend_df_f_with};
 use caiman_cnmf::sparse::CscMatrix;
 use caiman_cnmf::stats::{
     ZoomMode, block_percentile_baseline, df_percentile, kde, percentile, percentile_filter, percentile_rank,
@@ -57,6 +57,11 @@ fn refit_dff_matches_caiman() {
     let opts = DffOptions { quantile_min: 8.0, frames_window: Some(250), ..DffOptions::default() };
     let dff = detrend_df_f(&a, Some(b.view()), c.view(), Some(f.view()), Some(yra.view()), &opts).unwrap();
     assert_eq!(dff.dim(), reference.dim());
+    // The 40 traces in blocks on a thread pool: identical to the serial result.
+    let threads = caiman_parallel::Threads::new(2).unwrap();
+    let par =
+        detrend_df_f_with(&a, Some(b.view()), c.view(), Some(f.view()), Some(yra.view()), &opts, &threads).unwrap();
+    assert!(par.iter().zip(&dff).all(|(x, y)| x.to_bits() == y.to_bits()), "threads vs linear");
     let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let mut max_abs: f64 = 0.0;
     let mut max_rel_scaled: f64 = 0.0;
