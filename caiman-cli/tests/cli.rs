@@ -3,20 +3,11 @@
 // Running the binary under test is the point of this file.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn caiman(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_caiman")).args(args).env("RUST_LOG", "warn").output().expect("run caiman")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{assert_error_lines, caiman, stderr, stdout};
 
 #[test]
 fn demo_runs_and_every_format_reads_back_identically() {
@@ -60,14 +51,6 @@ fn synth_then_convert_a_frame_range_then_info() {
     assert_eq!(b.as_slice(), want.as_slice());
 }
 
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success());
-    let err = stderr(o);
-    let lines: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert!(!lines.is_empty() && err.contains(needle), "expected an error mentioning {needle:?}, got:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
 #[test]
 fn bad_inputs_give_one_clear_line_and_no_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,10 +68,10 @@ fn bad_inputs_give_one_clear_line_and_no_output() {
     ] {
         let src = p(file);
         let o = caiman(&["info", src.to_str().unwrap()]);
-        assert_one_line_error(&o, needle);
+        assert_error_lines(&o, needle);
         let out = p("out.npy");
         let o = caiman(&["convert", src.to_str().unwrap(), out.to_str().unwrap()]);
-        assert_one_line_error(&o, needle);
+        assert_error_lines(&o, needle);
         assert!(!out.exists());
     }
     // Nothing but our inputs remains: no temporary or partial file.
@@ -106,7 +89,7 @@ fn convert_rejects_a_frame_range_outside_the_movie() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = dir.path().join("o.tif");
     let o = caiman(&["convert", src.to_str().unwrap(), out.to_str().unwrap(), "--frames", "3..9"]);
-    assert_one_line_error(&o, "outside the movie");
+    assert_error_lines(&o, "outside the movie");
     assert!(!out.exists());
 }
 
@@ -165,10 +148,10 @@ fn motion_correct_reports_bad_input_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.mmap");
     let o = caiman(&["motion-correct", dir.path().join("none.tif").to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert_one_line_error(&o, "none.tif");
+    assert_error_lines(&o, "none.tif");
     let bad = dir.path().join("p.json");
     std::fs::write(&bad, r#"{"motion": {"max_shifts": "lots"}}"#).unwrap();
     let o = caiman(&["motion-correct", "x.tif", "-o", out.to_str().unwrap(), "--params", bad.to_str().unwrap()]);
-    assert_one_line_error(&o, "p.json");
+    assert_error_lines(&o, "p.json");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

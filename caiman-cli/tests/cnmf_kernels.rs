@@ -5,31 +5,12 @@
 // Running the binary under test is the point of this file.
 #![allow(clippy::disallowed_methods)]
 
-use std::process::{Command, Output};
+mod common;
 
 use caiman_cnmf::foopsi::{FoopsiOptions, constrained_foopsi};
 use caiman_cnmf::summary::{SummaryOptions, summary_images_movie};
 use caiman_io::h5::H5File;
-
-fn caiman(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_caiman")).args(args).env("RUST_LOG", "warn").output().expect("run caiman")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "expected failure");
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line expected, got:\n{err}");
-    assert!(lines[0].contains(needle), "{:?} does not mention {needle:?}", lines[0]);
-}
+use common::{assert_one_line_error, caiman, stderr, stdout};
 
 #[test]
 fn summary_writes_the_library_images_on_every_backend() {

@@ -381,6 +381,13 @@ fn largest_pools(pools: &[Pool], k: usize) -> Vec<(usize, usize)> {
     idx[idx.len().saturating_sub(k)..].iter().map(|&i| (pools[i].t, pools[i].l)).collect()
 }
 
+/// CaImAn's `optimize_g` step: the decay `g ∈ bounds` that best fits the `k` largest pools
+/// (bounded Brent, `fminbound`, xtol 1e-4), baseline `b` and penalty `lam` held.
+fn refit_g(y: &[f64], pools: &[Pool], k: usize, b: f64, lam: f64, (lo, hi): (f64, f64)) -> f64 {
+    let sel = largest_pools(pools, k);
+    fminbound(|x| sel.iter().map(|&(t, l)| pool_fit_residual(y, t, l, b, x, lam, y.len())).sum(), lo, hi, 1e-4, 50)
+}
+
 /// The `optimize_g` objective of one pool for given `b`, `g`, `λ`: the squared residual of the
 /// pool's best single-exponential fit (CaImAn's `foo`).
 fn pool_fit_residual(y: &[f64], t: usize, l: usize, b: f64, g: f64, lam: f64, t_total: usize) -> f64 {
@@ -509,17 +516,8 @@ impl OasisWorkspace {
                 remerge(&mut pools);
                 build_c(&pools, g, &mut c);
                 if p.optimize_g > 0 && count + 1 < p.max_iter && !g_converged {
-                    let sel = largest_pools(&pools, p.optimize_g);
-                    let gn = fminbound(
-                        |x| sel.iter().map(|&(t, l)| pool_fit_residual(y, t, l, 0.0, x, lam, t_len)).sum(),
-                        0.0,
-                        1.0,
-                        1e-4,
-                        50,
-                    );
-                    if (gn - g).abs() < 1e-4 {
-                        g_converged = true;
-                    }
+                    let gn = refit_g(y, &pools, p.optimize_g, 0.0, lam, (0.0, 1.0));
+                    g_converged = (gn - g).abs() < 1e-4;
                     g = gn;
                     reset_pools(&mut pools, y, g, 0.0, lam);
                     remerge(&mut pools);
@@ -593,18 +591,8 @@ impl OasisWorkspace {
                 pools[last].v -= dlam * pools[last].gl;
                 fill_pool(&pools[last], g, &mut c);
                 if p.optimize_g > 0 && count + 1 < p.max_iter && !g_converged {
-                    let k = p.optimize_g.min(pools.len());
-                    let sel = largest_pools(&pools, k);
-                    let gn = fminbound(
-                        |x| sel.iter().map(|&(t, l)| pool_fit_residual(y, t, l, b, x, lam, t_len)).sum(),
-                        0.001,
-                        0.999,
-                        1e-4,
-                        50,
-                    );
-                    if (gn - g).abs() < 1e-3 {
-                        g_converged = true;
-                    }
+                    let gn = refit_g(y, &pools, p.optimize_g, b, lam, (0.001, 0.999));
+                    g_converged = (gn - g).abs() < 1e-3;
                     g = gn;
                     reset_pools(&mut pools, y, g, b / (1.0 - g) + lam, lam);
                     remerge(&mut pools);

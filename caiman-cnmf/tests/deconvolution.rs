@@ -2,12 +2,15 @@
 //! outputs, plus independent checks (a generic NNLS solver, the noise constraint, truth recovery).
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use caiman_cnmf::Error;
 use caiman_cnmf::foopsi::{FoopsiOptions, FoopsiResult, constrained_foopsi, deconvolve_traces, make_g_matrix};
 use caiman_cnmf::noise::NoiseMethod;
 use caiman_cnmf::oasis::{Ar1Params, Ar2Params, OasisWorkspace, Penalty, oasis_ar1};
+use common::corr;
 use proptest::prelude::*;
 
 const LOCAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test_data/deconv");
@@ -46,18 +49,6 @@ fn trace(name: &str) -> Option<[Vec<f64>; 3]> {
 fn results() -> serde_json::Value {
     let p = data_file("foopsi_results.json").expect("foopsi_results.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn corr(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        sab += (x - ma) * (y - mb);
-        saa += (x - ma) * (x - ma);
-        sbb += (y - mb) * (y - mb);
-    }
-    sab / (saa * sbb).sqrt()
 }
 
 fn true_g(name: &str) -> Vec<f64> {

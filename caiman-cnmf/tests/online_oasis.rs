@@ -5,8 +5,11 @@
 //! pools longer than CaImAn's 1000-sample kernel tables, and state-handling properties.
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use caiman_cnmf::Error;
 use caiman_cnmf::online_oasis::{OnlineOasis, OnlineOasisParams};
+use common::corr;
 use proptest::prelude::*;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test_data/online_oasis");
@@ -23,18 +26,6 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 
 fn max_abs(a: &[f64]) -> f64 {
     a.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-}
-
-fn corr(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        sab += (x - ma) * (y - mb);
-        saa += (x - ma) * (x - ma);
-        sbb += (y - mb) * (y - mb);
-    }
-    sab / (saa * sbb).sqrt()
 }
 
 /// Squared residual `‖c − y‖²`.
