@@ -6,17 +6,26 @@
 //! (work over many traces or pixel blocks is mapped through a `caiman-parallel` executor), no
 //! printing (logs go through `tracing`).
 
+pub mod cnmf;
 pub mod dff;
 pub mod error;
+pub mod estimates;
 pub mod evaluation;
 pub mod foopsi;
+pub mod init;
+pub mod matching;
+pub mod merging;
 pub mod noise;
 pub mod oasis;
 pub mod online_oasis;
 pub mod params;
+pub mod quality;
+pub mod results;
 pub mod sparse;
+pub mod spatial;
 pub mod stats;
 pub mod summary;
+pub mod temporal;
 
 pub use error::{Error, Result};
 
