@@ -19,6 +19,7 @@ pub mod noise;
 pub mod oasis;
 pub mod online_oasis;
 pub mod params;
+pub mod pixels;
 pub mod quality;
 pub mod results;
 pub mod sparse;

@@ -1,0 +1,178 @@
+//! The movie as CNMF sees it — `Yr`, pixels × frames — and how tasks get their pixel rows.
+//!
+//! CNMF works on `Yr` (`d × T`, one row per pixel in Fortran order `p = row + d1·col`). The fit
+//! keeps a view of it in memory ([`Fov::yr`]); tasks that work on blocks of pixels (the spatial
+//! update, residuals) receive a [`PixelRows`]: the path of a C-order CaImAn memmap and a pixel
+//! range when the movie lives in one (the worker maps the file itself, so no movie data goes
+//! through the process pipes), or the rows themselves otherwise.
+//!
+//! What it is not: a movie reader (see `caiman-io`).
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use ndarray::{Array2, ArrayView2, s};
+use serde::{Deserialize, Serialize};
+
+use caiman_io::Dims;
+use caiman_io::mmap::MmapSource;
+
+use crate::{Error, Result};
+
+/// A field of view for CNMF: `Yr` (`d × T`) and, when it is backed by one, the C-order memmap
+/// file it was read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Fov<'a> {
+    /// Frame dimensions.
+    pub dims: Dims,
+    /// Pixels × frames, Fortran pixel order.
+    pub yr: ArrayView2<'a, f32>,
+    /// A C-order CaImAn memmap whose `Yr` is exactly `yr` (workers read their rows from it).
+    pub mmap: Option<&'a std::path::Path>,
+}
+
+impl<'a> Fov<'a> {
+    /// A field of view held in memory.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `yr` does not have `dims.pixels()` rows, [`Error::Empty`] if it
+    /// has no frames.
+    pub fn new(dims: Dims, yr: ArrayView2<'a, f32>) -> Result<Self> {
+        if yr.nrows() != dims.pixels() {
+            return Err(Error::ShapeMismatch {
+                what: "Yr (rows = pixels of the frame)",
+                expected: vec![dims.pixels()],
+                got: vec![yr.nrows()],
+            });
+        }
+        if yr.ncols() == 0 || yr.nrows() == 0 {
+            return Err(Error::Empty { what: "movie (no frames or no pixels)" });
+        }
+        Ok(Fov { dims, yr, mmap: None })
+    }
+
+    /// Pixels `d`.
+    pub fn pixels(&self) -> usize {
+        self.yr.nrows()
+    }
+
+    /// Frames `T`.
+    pub fn frames(&self) -> usize {
+        self.yr.ncols()
+    }
+
+    /// The rows `range` for a task: a file reference when backed by a memmap, else a copy.
+    pub fn rows(&self, range: Range<usize>) -> PixelRows {
+        match self.mmap {
+            Some(path) => PixelRows::Mmap { path: path.to_path_buf(), first: range.start, count: range.len() },
+            None => {
+                let block = self.yr.slice(s![range, ..]);
+                PixelRows::Inline { frames: self.frames(), values: block.iter().copied().collect() }
+            }
+        }
+    }
+}
+
+/// Consecutive pixel rows of `Yr` handed to a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PixelRows {
+    /// The rows themselves, row after row.
+    Inline {
+        /// Frames per row.
+        frames: usize,
+        /// `count × frames` values.
+        values: Vec<f32>,
+    },
+    /// Rows `first .. first + count` of a C-order CaImAn memmap.
+    Mmap {
+        /// The memmap file.
+        path: PathBuf,
+        /// First pixel.
+        first: usize,
+        /// Number of pixels.
+        count: usize,
+    },
+}
+
+impl PixelRows {
+    /// Runs `f` on the rows as a `count × T` view (mapping the file for [`PixelRows::Mmap`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the memmap cannot be opened; [`Error::InvalidParam`] if it is not
+    /// C-ordered or the range lies outside it; [`Error::ShapeMismatch`] for inconsistent inline
+    /// rows.
+    pub fn with_view<R>(&self, f: impl FnOnce(ArrayView2<'_, f32>) -> R) -> Result<R> {
+        match self {
+            PixelRows::Inline { frames, values } => {
+                let t = (*frames).max(1);
+                let n = values.len() / t;
+                if n * t != values.len() {
+                    return Err(Error::ShapeMismatch {
+                        what: "inline pixel rows (values = rows × frames)",
+                        expected: vec![n * t],
+                        got: vec![values.len()],
+                    });
+                }
+                let view = ArrayView2::from_shape((n, *frames), values).map_err(|e| Error::InvalidParam(e.to_string()))?;
+                Ok(f(view))
+            }
+            PixelRows::Mmap { path, first, count } => {
+                let src = MmapSource::open(path)?;
+                if src.order() != caiman_io::Order::C {
+                    return Err(Error::InvalidParam(format!(
+                        "{}: CNMF tasks need a C-order (pixel-major) memmap",
+                        path.display()
+                    )));
+                }
+                let yr = src.yr();
+                if first + count > yr.nrows() {
+                    return Err(Error::InvalidParam(format!(
+                        "{}: pixels {first}..{} requested, the file has {}",
+                        path.display(),
+                        first + count,
+                        yr.nrows()
+                    )));
+                }
+                Ok(f(yr.slice(s![*first..first + count, ..])))
+            }
+        }
+    }
+
+    /// The rows as an owned array.
+    ///
+    /// # Errors
+    /// As [`with_view`](Self::with_view).
+    pub fn to_array(&self) -> Result<Array2<f32>> {
+        self.with_view(|v| v.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_and_mmap_rows_agree() {
+        let dims = Dims::planar(3, 2);
+        let yr = Array2::from_shape_fn((6, 4), |(p, t)| (p * 10 + t) as f32);
+        let fov = Fov::new(dims, yr.view()).unwrap();
+        let inline = fov.rows(2..5);
+        assert_eq!(inline.to_array().unwrap(), yr.slice(s![2..5, ..]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(caiman_io::mmap::MmapName::file_name(
+            "x",
+            dims,
+            4,
+            caiman_io::Order::C,
+        ));
+        let bytes: Vec<u8> = yr.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&path, bytes).unwrap();
+        let fov = Fov { mmap: Some(&path), ..fov };
+        let mapped = fov.rows(2..5);
+        assert!(matches!(mapped, PixelRows::Mmap { .. }));
+        assert_eq!(mapped.to_array().unwrap(), yr.slice(s![2..5, ..]));
+        let bad = PixelRows::Mmap { path, first: 5, count: 3 };
+        assert!(bad.to_array().is_err());
+        assert!(Fov::new(Dims::planar(2, 2), yr.view()).is_err());
+    }
+}
