@@ -1,8 +1,13 @@
-//! `caiman-cnmf`: CaImAn's CNMF numerical kernels — pixel and trace noise, AR estimation, OASIS
-//! deconvolution (batch and incremental), summary images, event exceptionality and trace SNR,
-//! ΔF/F.
+//! `caiman-cnmf`: CaImAn's CNMF source extraction on a field of view — initialisation (greedy ROI,
+//! HALS, NMF background), spatial and temporal updates, merging, component evaluation (trace SNR,
+//! spatial consistency, CaImAn's decision rule), ΔF/F, CaImAn's parameters and its `CNMF.save`
+//! HDF5 results — and the kernels under them: pixel and trace noise, AR estimation, OASIS
+//! deconvolution (batch and incremental), summary images, component matching.
 //!
-//! What it is not: no file formats (movies come through `caiman-io` frame sources), no threads
+//! Entry points: [`cnmf::fit`], [`cnmf::refit`], [`cnmf::run_pipeline`] on a [`pixels::Fov`];
+//! [`results::save_cnmf`] / [`results::load_cnmf`].
+//!
+//! What it is not: no movie formats (movies come through `caiman-io` frame sources), no threads
 //! (work over many traces or pixel blocks is mapped through a `caiman-parallel` executor), no
 //! printing (logs go through `tracing`).
 
@@ -38,5 +43,8 @@ pub fn register_tasks(r: caiman_parallel::Registry) -> caiman_parallel::Registry
     let r = foopsi::register_tasks(r);
     let r = online_oasis::register_tasks(r);
     let r = dff::register_tasks(r);
+    let r = spatial::register_tasks(r);
+    let r = quality::register_tasks(r);
+    let r = cnmf::register_tasks(r);
     evaluation::register_tasks(r)
 }

@@ -360,18 +360,9 @@ mod string_or_list {
 // Enumerated strings
 // ------------------------------------------------------------------------------------------
 
-/// PSD averaging of the noise estimate (`noise_method`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NoiseMethod {
-    /// `'mean'` (default of `CNMFParams`).
-    #[default]
-    Mean,
-    /// `'median'`.
-    Median,
-    /// `'logmexp'` (`exp(mean(log(psd)))`).
-    Logmexp,
-}
+/// PSD averaging of the noise estimate (`noise_method`): the kernels' own enum (`'mean'`,
+/// `'median'`, `'logmexp'`). CNMF's groups set `'mean'` explicitly.
+pub use crate::noise::NoiseMethod;
 
 /// Initialisation method (`init.method_init`; the six spellings CaImAn's code accepts).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -113,7 +113,8 @@ impl PixelRows {
                         got: vec![values.len()],
                     });
                 }
-                let view = ArrayView2::from_shape((n, *frames), values).map_err(|e| Error::InvalidParam(e.to_string()))?;
+                let view =
+                    ArrayView2::from_shape((n, *frames), values).map_err(|e| Error::InvalidParam(e.to_string()))?;
                 Ok(f(view))
             }
             PixelRows::Mmap { path, first, count } => {
@@ -159,12 +160,7 @@ mod tests {
         let inline = fov.rows(2..5);
         assert_eq!(inline.to_array().unwrap(), yr.slice(s![2..5, ..]));
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(caiman_io::mmap::MmapName::file_name(
-            "x",
-            dims,
-            4,
-            caiman_io::Order::C,
-        ));
+        let path = dir.path().join(caiman_io::mmap::MmapName::file_name("x", dims, 4, caiman_io::Order::C));
         let bytes: Vec<u8> = yr.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&path, bytes).unwrap();
         let fov = Fov { mmap: Some(&path), ..fov };

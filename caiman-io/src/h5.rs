@@ -1087,9 +1087,14 @@ impl H5Writer {
     /// Write a fixed-length byte-string dataset (`len` bytes per element, null padded, ASCII
     /// declared) of `shape`.
     fn write_fixed(&mut self, path: &str, shape: &[usize], values: &[&str]) -> Result<()> {
+        let width = values.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        self.write_fixed_width(path, shape, values, width)
+    }
+
+    /// [`write_fixed`](Self::write_fixed) with a given width (at least the longest value).
+    fn write_fixed_width(&mut self, path: &str, shape: &[usize], values: &[&str], width: usize) -> Result<()> {
         let p = trim(path);
         self.check_len(p, shape, values.len())?;
-        let width = values.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut raw = Vec::with_capacity(width * values.len());
         for s in values {
             raw.extend_from_slice(s.as_bytes());
@@ -1118,6 +1123,21 @@ impl H5Writer {
     /// writes lists it cannot store as numbers this way (`estimates/bl`, …).
     pub fn write_strings(&mut self, path: &str, values: &[&str]) -> Result<()> {
         self.write_fixed(path, &[values.len()], values)
+    }
+
+    /// Write a 1-D dataset of fixed-length byte strings of exactly `width` bytes (numpy
+    /// `|S<width>`, shorter values null padded), what `np.array(values).astype('|S32')` gives
+    /// for `width = 32`: CaImAn's fallback for lists it cannot store as numbers. A value longer
+    /// than `width` bytes is an [`Error::InvalidRequest`] (numpy would truncate it silently; do
+    /// that before calling if wanted).
+    pub fn write_strings_width(&mut self, path: &str, width: usize, values: &[&str]) -> Result<()> {
+        if let Some(long) = values.iter().find(|s| s.len() > width) {
+            return Err(Error::invalid(
+                &self.dest,
+                format!("string {long:?} is longer than the {width} bytes of {}", display(path)),
+            ));
+        }
+        self.write_fixed_width(path, &[values.len()], values, width.max(1))
     }
 
     /// Write a scalar fixed-length byte string (numpy `np.bytes_`); h5py reads it as `bytes`.
@@ -1296,4 +1316,27 @@ impl Drop for H5Writer {
 enum AttrTarget {
     Group(backend::H5Group),
     Dataset(backend::H5Dataset),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_of_fixed_width_read_back_with_their_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.h5");
+        let mut w = H5Writer::create(&path).unwrap();
+        w.write_strings_width("g/bl", 32, &["-5.208319323266344", "nan", ""]).unwrap();
+        w.write_strings_width("empty", 32, &[]).unwrap();
+        assert!(w.write_strings_width("long", 3, &["abcd"]).is_err());
+        w.finish().unwrap();
+        let f = H5File::open(&path).unwrap();
+        let info = f.dataset_info("/g/bl").unwrap();
+        assert_eq!(info.dtype, ElemType::FixedString { len: 32 });
+        assert_eq!(info.shape, [3]);
+        assert_eq!(f.read_strings("/g/bl").unwrap(), ["-5.208319323266344", "nan", ""]);
+        let info = f.dataset_info("/empty").unwrap();
+        assert_eq!((info.dtype, info.shape), (ElemType::FixedString { len: 32 }, vec![0]));
+    }
 }
