@@ -5,7 +5,8 @@
 //! motion correction, its shifts compared with the ground truth; summary images of the corrected
 //! movie (HDF5 + PNG), with the correlation image's contrast at the true neuron centres; OASIS
 //! deconvolution of traces read through the true footprints, compared with the true calcium and
-//! spikes.
+//! spikes; CNMF on the whole corrected field of view (fit, refit, evaluation, ΔF/F, CaImAn HDF5
+//! results), its accepted components matched to the ground truth.
 //! Each later stage (motion correction, CNMF, …) adds itself here.
 
 use std::path::{Path, PathBuf};
@@ -236,6 +237,38 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         median(&mut corr_s)
     ));
 
+    // 5. CNMF on the whole corrected field of view (fit → refit → evaluation → ΔF/F), matched to the
+    // ground truth by mask IoU (CaImAn's nf_match_neurons_in_binary_masks).
+    let movie = crate::cnmf::MovieYr::open(&mc.output, None, false, dir)?;
+    let fov = movie.fov()?;
+    let cnmf_params = demo_cnmf_params(&params, fov.dims, fov.frames())?;
+    let started = Instant::now();
+    let run = crate::cnmf::run_cnmf(&fov, cnmf_params, false, &exec, ui, Some(mc.output.display().to_string()))?;
+    let cnmf_s = started.elapsed().as_secs_f64();
+    let results_path = dir.join("demo_cnmf.hdf5");
+    caiman_cnmf::results::save_cnmf(&results_path, &run.results)?;
+    let est = &run.results.estimates;
+    let accepted = est.idx_components.clone().unwrap_or_default();
+    let (f1, precision, recall, n_gt, corr) = cnmf_vs_truth(est, &accepted, &truth, offset)?;
+    let stages =
+        run.report.stages.iter().map(|s| format!("{} {:.2}", s.stage, s.seconds)).collect::<Vec<_>>().join(", ");
+    say(format!(
+        "\nCNMF on the corrected field of view ({backend}): {:.1} s ({stages} s); {} components, {} accepted; \
+         vs the {} ground-truth neurons: F1 {:.3} (precision {:.3}, recall {:.3}), median trace correlation of \
+         matched neurons {:.3}; peak memory {:.0} MiB; {}",
+        cnmf_s,
+        est.n_components(),
+        accepted.len(),
+        n_gt,
+        f1,
+        precision,
+        recall,
+        corr,
+        caiman_parallel::peak_rss_kib() as f64 / 1024.0,
+        results_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    drop(movie);
+
     if args.keep && args.out.is_none() {
         let kept = tmp_keep(dir)?;
         say(format!("kept {}", kept.display()));
@@ -361,6 +394,71 @@ fn footprint_traces(
         }
     }
     Ok((traces, weights.into_iter().map(|(k, _)| k).collect()))
+}
+
+/// CaImAn's parameters for the demo movie: defaults with `K` = the number of synthetic neurons,
+/// `gSig` = their size, two background components, AR(1), the movie's frame rate and decay time.
+fn demo_cnmf_params(
+    p: &caiman_io::synth::SynthParams,
+    dims: caiman_io::Dims,
+    frames: usize,
+) -> Result<caiman_cnmf::params::CnmfParams> {
+    let gsig = p.gsig.round().max(1.0);
+    let json = serde_json::json!({
+        "data": {"fr": p.fr, "decay_time": p.tau_decay},
+        "init": {"K": p.n_neurons, "gSig": [gsig, gsig], "nb": 2},
+        "preprocess": {"p": 1},
+        "spatial": {"nb": 2},
+        "temporal": {"p": 1, "nb": 2},
+        "merging": {"merge_thr": 0.85},
+        "quality": {"min_SNR": 2.0, "rval_thr": 0.85, "use_cnn": false},
+        "patch": {"rf": null}
+    });
+    let (mut params, _) = caiman_cnmf::params::CnmfParams::from_caiman_json(&json.to_string())?;
+    params.data.dims = Some(vec![dims.d1, dims.d2]);
+    params.check_consistency(Some(frames))?;
+    Ok(params)
+}
+
+/// F1, precision, recall of the accepted components against the ground-truth neurons centred in
+/// the field of view (masks: pixels above 20 % of each footprint's peak; IoU matching with
+/// CaImAn's defaults), the number of such neurons, and the median correlation of matched traces.
+fn cnmf_vs_truth(
+    est: &caiman_cnmf::estimates::Estimates,
+    accepted: &[usize],
+    truth: &caiman_io::synth::GroundTruth,
+    off: [isize; 2],
+) -> Result<(f64, f64, f64, usize, f64)> {
+    use caiman_cnmf::matching::{binary_masks, nf_match_neurons_in_binary_masks};
+    let dims = est.dims;
+    let gt_idx: Vec<usize> = (0..truth.n_neurons()).filter(|&k| truth.in_fov[k]).collect();
+    let mut gt_masks = Vec::with_capacity(gt_idx.len());
+    for &k in &gt_idx {
+        let (rows, vals) = truth.a.column(k);
+        let peak = vals.iter().fold(0f32, |m, &v| m.max(v));
+        let mut mask = vec![false; dims.pixels()];
+        for (&p, &v) in rows.iter().zip(vals) {
+            let (i, j) = ((p as usize % dims.d1) as isize + off[0], (p as usize / dims.d1) as isize + off[1]);
+            if v > 0.2 * peak && i >= 0 && j >= 0 && (i as usize) < dims.d1 && (j as usize) < dims.d2 {
+                mask[i as usize + dims.d1 * j as usize] = true;
+            }
+        }
+        gt_masks.push(mask);
+    }
+    let ours = est.subset(accepted);
+    let our_masks = binary_masks(&ours.a, 0.2);
+    let m = nf_match_neurons_in_binary_masks(&gt_masks, &our_masks, dims, 0.7, 10.0)?;
+    let mut corrs: Vec<f64> = m
+        .tp_gt
+        .iter()
+        .zip(&m.tp_comp)
+        .map(|(&g, &c)| {
+            let t: Vec<f64> = truth.c.row(gt_idx[g]).iter().map(|&v| f64::from(v)).collect();
+            pearson(&ours.c.row(c).to_vec(), &t)
+        })
+        .collect();
+    let corr = if corrs.is_empty() { f64::NAN } else { median(&mut corrs) };
+    Ok((m.f1, m.precision, m.recall, gt_idx.len(), corr))
 }
 
 /// Move the demo files out of the temporary directory (which is removed on return).

@@ -2,12 +2,14 @@
 //!
 //! Subcommands: `info` (what a movie file holds), `convert` (any format to any format, streamed),
 //! `motion-correct` (NoRMCorre), `deconvolve` (OASIS on trace matrices), `summary` (correlation,
-//! mean, max and noise images), `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
+//! mean, max and noise images), `cnmf` (CNMF source extraction on a field of view, CaImAn HDF5
+//! results), `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
 //! exists, on a synthetic movie). This crate is glue: parsing flags, progress bars, printing
 //! results. The work happens in the library crates.
 // A command-line tool's job is to print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cnmf;
 mod convert;
 mod deconvolve;
 mod demo;
@@ -48,6 +50,8 @@ enum Command {
     Deconvolve(deconvolve::Args),
     /// Summary images: correlation image, mean, max, pixel noise (HDF5 and PNG).
     Summary(summary::Args),
+    /// CNMF on the whole field of view: fit, refit, evaluation, ΔF/F; CaImAn's HDF5 results.
+    Cnmf(cnmf::Args),
     /// Write a synthetic two-photon movie and its ground truth.
     Synth(synth::Args),
     /// Run the whole available pipeline on a synthetic movie and report against ground truth.
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::MotionCorrect(a) => motion::run(a, &ui),
         Command::Deconvolve(a) => deconvolve::run(a, &ui),
         Command::Summary(a) => summary::run(a, &ui),
+        Command::Cnmf(a) => cnmf::run(a, &ui),
         Command::Synth(a) => synth::run(a, &ui),
         Command::Demo(a) => demo::run(a, &ui),
     };

@@ -185,7 +185,9 @@ pub fn fit<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &E) -> Result<
 }
 
 /// `CNMF.fit` where `start` (when given) replaces the initialisation — CaImAn's fit with
-/// `estimates.A` already set (refit, seeded CNMF). Its `A`, `C`, `b`, `f` are used as they are.
+/// `estimates.A` already set (refit, seeded CNMF). Its `A`, `C`, `b`, `f` are used as they are,
+/// and its pixel noise `sn`, when it has one for every pixel, replaces the pre-processing (CaImAn
+/// recomputes it from the same movie, to the same values).
 ///
 /// # Errors
 /// As [`fit`], plus [`Error::ShapeMismatch`] if `start` does not fit the movie.
@@ -203,9 +205,17 @@ pub fn fit_from<E: Executor>(
     let mut report = FitReport::default();
     let par = main_thread_par(exec);
 
-    let t0 = Instant::now();
-    let (sn, stats) = preprocess(fov, &params.preprocess, exec)?;
-    report.record("preprocess", t0, 0, stats.as_ref());
+    // The pixel noise depends on the movie only: a start that carries it (a refit) reuses it.
+    let known_sn = start.as_ref().and_then(|e| e.sn.clone()).filter(|sn| sn.len() == fov.pixels());
+    let sn = match known_sn {
+        Some(sn) if params.preprocess.sn.is_none() => sn,
+        _ => {
+            let t0 = Instant::now();
+            let (sn, stats) = preprocess(fov, &params.preprocess, exec)?;
+            report.record("preprocess", t0, 0, stats.as_ref());
+            sn
+        }
+    };
 
     let mut est = match start {
         Some(e) => {
@@ -392,10 +402,12 @@ pub fn refit<E: Executor>(
     Ok((e, p, report))
 }
 
-/// Keeps what a seeded fit starts from (`A`, `C`, `b`, `f`, centres) and clears the rest.
+/// Keeps what a seeded fit starts from (`A`, `C`, `b`, `f`, centres, pixel noise) and clears
+/// the rest.
 fn seeded_copy(e: Estimates) -> Estimates {
     let mut s = Estimates::new(e.dims, e.a, e.c, e.b, e.f).expect("shapes of a valid Estimates");
     s.center = e.center;
+    s.sn = e.sn;
     s
 }
 

@@ -12,7 +12,7 @@ use caiman_io::Dims;
 use caiman_parallel::{Linear, Threads};
 use ndarray::{Array2, ArrayView2, Axis};
 
-use common::corr;
+use common::{Rng, corr};
 
 const TOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test_data/toy");
 
@@ -29,25 +29,6 @@ fn arr(name: &str) -> Array2<f64> {
 /// The toy data of CaImAn's test (2-D, dims (20, 30), seed 5): Yr (600 × 300), true A and C.
 fn toy_2d() -> (Dims, Array2<f32>, Array2<f64>, Array2<f64>) {
     (Dims::planar(20, 30), arr("toy_Yr.npy").mapv(|v| v as f32), arr("toy_trueA.npy"), arr("toy_trueC.npy"))
-}
-
-/// A small deterministic generator (splitmix64 + Box–Muller) for the 3-D toy data.
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform().max(1e-300), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
 }
 
 /// CaImAn's `gen_data` recipe for 3-D (dims (12, 14, 16), 4 neurons, σ = 2, γ = 0.9, baseline
@@ -207,7 +188,9 @@ fn refit_and_pipeline_on_toy_data() {
     let fov = Fov::new(dims, yr.view()).unwrap();
     let params = toy_params(dims, true);
     let (init, _) = fit(&fov, &params, &Linear::new()).unwrap();
-    let (est, p2, _) = refit(&fov, &params, &init, &Linear::new()).unwrap();
+    let (est, p2, r) = refit(&fov, &params, &init, &Linear::new()).unwrap();
+    assert!(!r.stages.iter().any(|s| s.stage == "preprocess"), "the refit reuses the fit's pixel noise");
+    assert_eq!(est.sn, init.sn);
     assert!(p2.patch.rf.is_none() && !p2.patch.only_init);
     assert!(params.patch.only_init, "the caller's params are not changed");
     assert_recovered("refit", &match_truth(&est, a.view(), c.view()));

@@ -14,34 +14,13 @@ use caiman_cnmf::pixels::Fov;
 use caiman_cnmf::sparse::CscMatrix;
 use caiman_io::Dims;
 use caiman_parallel::{Linear, Threads};
-use common::corr;
+use common::{Rng, corr};
 use ndarray::{Array1, Array2, Axis, s};
 use proptest::prelude::*;
 
 const D1: usize = 20;
 const D2: usize = 24;
 const T: usize = 400;
-
-/// SplitMix64 with uniform and normal draws.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
 
 /// A Gaussian blob (radius 4) centred at (ci, cj), as a dense pixel vector (Fortran order).
 fn blob(ci: f64, cj: f64) -> Vec<f32> {

@@ -45,20 +45,6 @@ fn npy1(path: &Path) -> Vec<f64> {
     caiman_io::npy::read_npy(path).unwrap().to_f64().unwrap()
 }
 
-/// A CSC matrix stored as CaImAn's `<prefix>_data/indices/indptr/shape.npy`.
-fn npy_csc(dir: fn(&str) -> PathBuf, prefix: &str) -> CscMatrix {
-    let v = |s: &str| npy1(&dir(&format!("{prefix}_{s}.npy")));
-    let shape = v("shape");
-    CscMatrix::from_parts(
-        shape[0] as usize,
-        shape[1] as usize,
-        v("indptr").iter().map(|&x| x as usize).collect(),
-        v("indices").iter().map(|&x| x as usize).collect(),
-        v("data").iter().map(|&x| x as f32).collect(),
-    )
-    .unwrap()
-}
-
 /// A small deterministic RNG (xorshift64*), with Box–Muller normals.
 struct Rng(u64);
 
@@ -1031,7 +1017,7 @@ fn toy_reference_movie() {
     let yr = npy2(yr_path).mapv(|v| v as f32);
     let dims = Dims::planar(20, 30);
     let fov = Fov::new(dims, yr.view()).unwrap();
-    let a_ref = npy_csc(reference, "toy_full_A");
+    let a_ref = common::npy_csc(reference("").as_path(), "toy_full_A");
     let c_ref = npy2(&reference("toy_full_C.npy"));
     let f_ref = npy2(&reference("toy_full_f.npy"));
     let b_ref = npy2(&reference("toy_full_b.npy")).mapv(|v| v as f32);
@@ -1093,7 +1079,7 @@ fn refit_reference_movie() {
     }
     let dims = Dims::planar(d1, d2);
     let fov = Fov::new(dims, yr.view()).unwrap();
-    let a_ref = npy_csc(reference, "refit_A");
+    let a_ref = common::npy_csc(reference("").as_path(), "refit_A");
     // CaImAn's last spatial update ran on the traces of a temporal update with p = 0, i.e. the
     // raw traces max(C + YrA, 0); the final C (p = 1) is their denoised version.
     let c_ref = (npy2(&reference("refit_C.npy")) + npy2(&reference("refit_YrA.npy"))).mapv(|v| v.max(0.0));

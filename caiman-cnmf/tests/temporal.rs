@@ -15,7 +15,7 @@ use caiman_cnmf::sparse::CscMatrix;
 use caiman_cnmf::temporal::{TemporalResult, ab_t_y, update_order_greedy, update_temporal_components};
 use caiman_io::Dims;
 use caiman_parallel::{Linear, Par, Threads};
-use common::corr;
+use common::{Rng, corr};
 use ndarray::{Array2, ArrayView2, s};
 use proptest::prelude::*;
 
@@ -41,19 +41,8 @@ fn local(name: &str) -> Array2<f64> {
 }
 
 fn csc(prefix: &str) -> CscMatrix {
-    let v = |s: &str| {
-        let p = data_file(&format!("{prefix}_{s}.npy")).unwrap();
-        caiman_io::npy::read_npy(p).unwrap().to_f64().unwrap()
-    };
-    let shape = v("shape");
-    CscMatrix::from_parts(
-        shape[0] as usize,
-        shape[1] as usize,
-        v("indptr").iter().map(|&x| x as usize).collect(),
-        v("indices").iter().map(|&x| x as usize).collect(),
-        v("data").iter().map(|&x| x as f32).collect(),
-    )
-    .unwrap()
+    let shape = data_file(&format!("{prefix}_shape.npy")).unwrap_or_else(|| panic!("{prefix} missing"));
+    common::npy_csc(shape.parent().unwrap(), prefix)
 }
 
 /// The toy movie `Yr` (600 × 300) as f32, if the (1.4 MB) reference file is present.
@@ -69,27 +58,6 @@ fn toy_yr() -> Option<Array2<f32>> {
 
 fn params(p: usize) -> TemporalParams {
     TemporalParams { p, ..TemporalParams::default() }
-}
-
-/// A small deterministic generator (SplitMix64) with uniform and normal draws.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
 }
 
 /// A synthetic movie: `n` Gaussian neurons on a `d1 × d2` grid with AR(1) traces (γ = 0.9,

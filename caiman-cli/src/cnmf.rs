@@ -1,0 +1,258 @@
+//! `caiman cnmf MOVIE [--params FILE.json] -o results.hdf5 [--json]`: CNMF on the whole field of
+//! view — fit (initialisation), refit (spatial/temporal updates, merging), component evaluation,
+//! ΔF/F — saved in CaImAn's `CNMF.save` HDF5 layout (CaImAn's `load_CNMF` opens it).
+//!
+//! The movie is read into memory as `Yr` (pixels × frames). A C-order CaImAn `.mmap` is mapped
+//! instead of read, and worker processes (`--backend processes`) read their pixel blocks from it;
+//! for other inputs with that backend a temporary C-order memmap is written next to the output
+//! and removed afterwards (as CaImAn's `save_memmap`, without its `+0.0001`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use caiman_cnmf::cnmf::{FitReport, StageReport, compute_dff, fit, refit};
+use caiman_cnmf::params::CnmfParams;
+use caiman_cnmf::pixels::Fov;
+use caiman_cnmf::results::{CnmfResults, save_cnmf};
+use caiman_io::mmap::{MmapName, MmapSource, PendingMmap};
+use caiman_io::{Dims, Order, Shape};
+use caiman_parallel::{AnyExecutor, Executor, Strategy};
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::exec_args::ExecArgs;
+use crate::progress::Ui;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Input movie (any readable format; a C-order CaImAn `.mmap` is mapped, not copied).
+    movie: PathBuf,
+    /// CaImAn parameter JSON (`CNMFParams.to_json` output or a `params_dict`); unknown keys are
+    /// reported and ignored. Default: CaImAn's defaults. `quality.use_cnn` is ignored (CaImAn's CNN
+    /// weights are not available): components are accepted by SNR and spatial consistency alone.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// Output results file (`.hdf5` or `.h5`), CaImAn's `CNMF.save` layout.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// HDF5 dataset of the input (default `mov`, or the file's only dataset).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Stop after the fit (no refit, evaluation or ΔF/F), as `CNMF.fit` alone.
+    #[arg(long)]
+    no_refit: bool,
+    #[command(flatten)]
+    exec: ExecArgs,
+    /// Print a JSON summary (per-stage time, peak memory, component counts) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    output: PathBuf,
+    movie: PathBuf,
+    frames: usize,
+    dims: String,
+    backend: String,
+    components: usize,
+    accepted: Option<usize>,
+    rejected: Option<usize>,
+    seconds: f64,
+    peak_rss_mib: f64,
+    stages: Vec<StageReport>,
+    warnings: Vec<String>,
+}
+
+/// Loads CaImAn parameters (or defaults), reporting unknown keys and consistency changes.
+pub(crate) fn load_params(path: Option<&Path>, dims: Dims, frames: usize) -> Result<(CnmfParams, Vec<String>)> {
+    let (mut params, mut warnings) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading parameters {}", p.display()))?;
+            CnmfParams::from_caiman_json(&text).with_context(|| format!("parameters {}", p.display()))?
+        }
+        None => (CnmfParams::new(), Vec::new()),
+    };
+    if let Some(rf) = &params.patch.rf {
+        bail!(
+            "patch.rf = {} asks for a patch run, which this build does not do yet; set \"rf\": null in the \
+             \"patch\" group to fit the whole field of view",
+            serde_json::to_string(rf).unwrap_or_default()
+        );
+    }
+    let mut dims_v = vec![dims.d1, dims.d2];
+    if dims.is_volume() {
+        dims_v.push(dims.d3);
+    }
+    params.data.dims = Some(dims_v);
+    // check_consistency logs each change it makes; the list also goes into the JSON summary.
+    warnings.extend(params.check_consistency(Some(frames)).context("parameters")?);
+    Ok((params, warnings))
+}
+
+/// The movie as `Yr`, mapped or in memory, plus a temporary memmap to remove afterwards.
+pub(crate) struct MovieYr {
+    dims: Dims,
+    mapped: Option<(MmapSource, PathBuf)>,
+    memory: Option<Array2<f32>>,
+    temp: Option<PathBuf>,
+}
+
+impl MovieYr {
+    /// Opens `movie`: maps a C-order `.mmap`, otherwise loads it (and writes a temporary C-order
+    /// memmap in `scratch_dir` when `need_file`, for worker processes).
+    pub(crate) fn open(movie: &Path, dataset: Option<String>, need_file: bool, scratch_dir: &Path) -> Result<Self> {
+        if let Ok(name) = MmapName::decode(movie)
+            && name.order == Order::C
+        {
+            let src = MmapSource::open(movie)?;
+            let dims = name.shape().dims;
+            return Ok(MovieYr { dims, mapped: Some((src, movie.to_path_buf())), memory: None, temp: None });
+        }
+        let open = caiman_io::OpenOptions { dataset, ..Default::default() };
+        let m = caiman_io::load(movie, &open).with_context(|| format!("reading {}", movie.display()))?;
+        let dims = m.dims();
+        let yr = m.to_yr();
+        drop(m);
+        if !need_file {
+            return Ok(MovieYr { dims, mapped: None, memory: Some(yr), temp: None });
+        }
+        let shape = Shape::new(yr.ncols(), dims);
+        let stem = format!(".caiman_cnmf_{}", std::process::id());
+        let pending = PendingMmap::create(&scratch_dir.join(stem), shape, Order::C)?;
+        let mut w = pending.region_writer()?;
+        w.write_pixels(0, yr.as_slice().expect("to_yr gives a standard-layout array"))?;
+        w.flush()?;
+        drop(w);
+        let path = pending.commit()?;
+        let src = MmapSource::open(&path)?;
+        Ok(MovieYr { dims, mapped: Some((src, path.clone())), memory: None, temp: Some(path) })
+    }
+
+    /// The field of view.
+    pub(crate) fn fov(&self) -> Result<Fov<'_>> {
+        Ok(match (&self.mapped, &self.memory) {
+            (Some((src, path)), _) => Fov { mmap: Some(path.as_path()), ..Fov::new(self.dims, src.yr())? },
+            (None, Some(yr)) => Fov::new(self.dims, yr.view())?,
+            (None, None) => unreachable!("one of the two is always set"),
+        })
+    }
+}
+
+impl Drop for MovieYr {
+    fn drop(&mut self) {
+        self.mapped = None;
+        if let Some(p) = self.temp.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// What a CNMF run produced.
+pub(crate) struct CnmfRun {
+    pub(crate) results: CnmfResults,
+    pub(crate) report: FitReport,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Fits (and unless `no_refit` refits, evaluates and computes ΔF/F) the field of view.
+pub(crate) fn run_cnmf(
+    fov: &Fov<'_>,
+    params: CnmfParams,
+    no_refit: bool,
+    exec: &AnyExecutor,
+    ui: &Ui,
+    mmap_file: Option<String>,
+) -> Result<CnmfRun> {
+    let steps = if no_refit { 1 } else { 4 };
+    let bar = ui.items_bar(steps, "cnmf", "steps");
+    let (est, mut report) = fit(fov, &params, exec).context("CNMF fit")?;
+    bar.inc(1);
+    let (est, params) = if no_refit {
+        (est, params)
+    } else {
+        let (mut est, params, r2) = refit(fov, &params, &est, exec).context("CNMF refit")?;
+        report.extend(r2);
+        bar.inc(1);
+        let t0 = Instant::now();
+        let stats =
+            caiman_cnmf::quality::evaluate_components(fov, &mut est, &params, exec).context("component evaluation")?;
+        push(&mut report, "evaluate", t0, est.n_components(), stats.peak_rss.workers_sum_kib);
+        bar.inc(1);
+        let t0 = Instant::now();
+        compute_dff(&mut est, exec).context("ΔF/F")?;
+        push(&mut report, "dff", t0, est.n_components(), 0);
+        bar.inc(1);
+        (est, params)
+    };
+    bar.finish_and_clear();
+    let results =
+        CnmfResults { params, estimates: est, mmap_file, skip_refinement: false, remove_very_bad_comps: false };
+    Ok(CnmfRun { results, report, warnings: Vec::new() })
+}
+
+fn push(report: &mut FitReport, stage: &str, t0: Instant, components: usize, workers: u64) {
+    report.stages.push(StageReport {
+        stage: stage.to_owned(),
+        seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_kib: caiman_parallel::peak_rss_kib(),
+        worker_peak_rss_kib: workers,
+        components,
+    });
+}
+
+pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
+    let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !matches!(ext, "hdf5" | "h5") {
+        bail!("{}: the results file must end in .hdf5 or .h5 (CaImAn's CNMF.save layout)", args.output.display());
+    }
+    let backend = args.exec.backend();
+    let exec = backend.build()?;
+    let scratch = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let movie = MovieYr::open(&args.movie, args.dataset.clone(), exec.strategy() == Strategy::Processes, scratch)?;
+    let fov = movie.fov()?;
+    let (params, warnings) = load_params(args.params.as_deref(), fov.dims, fov.frames())?;
+    let started = Instant::now();
+    let mmap_file = movie.mapped.as_ref().filter(|_| movie.temp.is_none()).map(|(_, p)| p.display().to_string());
+    let mut run = run_cnmf(&fov, params, args.no_refit, &exec, ui, mmap_file)?;
+    run.warnings = warnings;
+    let seconds = started.elapsed().as_secs_f64();
+    let frames = fov.frames();
+    let dims = fov.dims;
+    let workers = exec.workers();
+    drop(exec);
+    save_cnmf(&args.output, &run.results).with_context(|| format!("saving {}", args.output.display()))?;
+    let est = &run.results.estimates;
+    let summary = Summary {
+        output: args.output.clone(),
+        movie: args.movie.clone(),
+        frames,
+        dims: dims.to_string(),
+        backend: format!("{backend} ({workers} workers)"),
+        components: est.n_components(),
+        accepted: est.idx_components.as_ref().map(Vec::len),
+        rejected: est.idx_components_bad.as_ref().map(Vec::len),
+        seconds,
+        peak_rss_mib: caiman_parallel::peak_rss_kib() as f64 / 1024.0,
+        stages: run.report.stages.clone(),
+        warnings: run.warnings.clone(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if !ui.quiet() {
+        let acc = match (summary.accepted, summary.rejected) {
+            (Some(a), Some(r)) => format!(", {a} accepted, {r} rejected"),
+            _ => String::new(),
+        };
+        println!(
+            "CNMF on {} frames of {}: {} components{acc} in {:.2} s ({}), peak {:.0} MiB",
+            frames, summary.dims, summary.components, seconds, summary.backend, summary.peak_rss_mib
+        );
+        for s in &summary.stages {
+            println!("  {:<18} {:>8.3} s  {:>4} components", s.stage, s.seconds, s.components);
+        }
+        println!("{}", args.output.display());
+    }
+    Ok(())
+}
