@@ -95,7 +95,7 @@ pub(crate) fn load_params(path: Option<&Path>, dims: Dims, frames: usize) -> Res
 pub(crate) struct MovieYr {
     dims: Dims,
     mapped: Option<(MmapSource, PathBuf)>,
-    memory: Option<Array2<f32>>,
+    memory: Option<std::sync::Arc<Array2<f32>>>,
     temp: Option<PathBuf>,
 }
 
@@ -111,12 +111,12 @@ impl MovieYr {
             return Ok(MovieYr { dims, mapped: Some((src, movie.to_path_buf())), memory: None, temp: None });
         }
         let open = caiman_io::OpenOptions { dataset, ..Default::default() };
-        let m = caiman_io::load(movie, &open).with_context(|| format!("reading {}", movie.display()))?;
-        let dims = m.dims();
-        let yr = m.to_yr();
-        drop(m);
+        let mut src = caiman_io::open(movie, &open)?;
+        let dims = src.info().shape.dims;
+        let yr = caiman_io::read_yr(src.as_mut()).with_context(|| format!("reading {}", movie.display()))?;
+        drop(src);
         if !need_file {
-            return Ok(MovieYr { dims, mapped: None, memory: Some(yr), temp: None });
+            return Ok(MovieYr { dims, mapped: None, memory: Some(std::sync::Arc::new(yr)), temp: None });
         }
         let shape = Shape::new(yr.ncols(), dims);
         let stem = format!(".caiman_cnmf_{}", std::process::id());
@@ -134,7 +134,7 @@ impl MovieYr {
     pub(crate) fn fov(&self) -> Result<Fov<'_>> {
         Ok(match (&self.mapped, &self.memory) {
             (Some((src, path)), _) => Fov { mmap: Some(path.as_path()), ..Fov::new(self.dims, src.yr())? },
-            (None, Some(yr)) => Fov::new(self.dims, yr.view())?,
+            (None, Some(yr)) => Fov::from_shared(self.dims, yr)?,
             (None, None) => unreachable!("one of the two is always set"),
         })
     }

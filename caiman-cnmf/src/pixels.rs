@@ -4,12 +4,15 @@
 //! keeps a view of it in memory ([`Fov::yr`]); tasks that work on blocks of pixels (the spatial
 //! update, residuals) receive a [`PixelRows`]: the path of a C-order CaImAn memmap and a pixel
 //! range when the movie lives in one (the worker maps the file itself, so no movie data goes
-//! through the process pipes), or the rows themselves otherwise.
+//! through the process pipes); a shared handle on the movie when it is held in an [`Arc`] (free
+//! for in-process executors; only the task's rows are serialised for worker processes); or a copy
+//! of the rows otherwise.
 //!
 //! What it is not: a movie reader (see `caiman-io`).
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2, s};
 use serde::{Deserialize, Serialize};
@@ -29,6 +32,8 @@ pub struct Fov<'a> {
     pub yr: ArrayView2<'a, f32>,
     /// A C-order CaImAn memmap whose `Yr` is exactly `yr` (workers read their rows from it).
     pub mmap: Option<&'a std::path::Path>,
+    /// The array `yr` views, when it is shared: tasks then hold the movie instead of copying rows.
+    pub shared: Option<&'a Arc<Array2<f32>>>,
 }
 
 impl<'a> Fov<'a> {
@@ -48,7 +53,16 @@ impl<'a> Fov<'a> {
         if yr.ncols() == 0 || yr.nrows() == 0 {
             return Err(Error::Empty { what: "movie (no frames or no pixels)" });
         }
-        Ok(Fov { dims, yr, mmap: None })
+        Ok(Fov { dims, yr, mmap: None, shared: None })
+    }
+
+    /// A field of view over a shared in-memory `Yr`: pixel-block tasks of in-process executors
+    /// use it without copying.
+    ///
+    /// # Errors
+    /// As [`Fov::new`].
+    pub fn from_shared(dims: Dims, yr: &'a Arc<Array2<f32>>) -> Result<Self> {
+        Ok(Fov { shared: Some(yr), ..Fov::new(dims, yr.view())? })
     }
 
     /// Pixels `d`.
@@ -61,11 +75,13 @@ impl<'a> Fov<'a> {
         self.yr.ncols()
     }
 
-    /// The rows `range` for a task: a file reference when backed by a memmap, else a copy.
+    /// The rows `range` for a task: a file reference when backed by a memmap, a handle on the
+    /// shared movie, else a copy.
     pub fn rows(&self, range: Range<usize>) -> PixelRows {
-        match self.mmap {
-            Some(path) => PixelRows::Mmap { path: path.to_path_buf(), first: range.start, count: range.len() },
-            None => {
+        match (self.mmap, self.shared) {
+            (Some(path), _) => PixelRows::Mmap { path: path.to_path_buf(), first: range.start, count: range.len() },
+            (None, Some(yr)) => PixelRows::Shared { yr: Arc::clone(yr), first: range.start, count: range.len() },
+            (None, None) => {
                 let block = self.yr.slice(s![range, ..]);
                 PixelRows::Inline { frames: self.frames(), values: block.iter().copied().collect() }
             }
@@ -74,7 +90,11 @@ impl<'a> Fov<'a> {
 }
 
 /// Consecutive pixel rows of `Yr` handed to a task.
+///
+/// Serialised (for worker processes), [`PixelRows::Shared`] becomes [`PixelRows::Inline`] with
+/// just its rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "WireRows", from = "WireRows")]
 pub enum PixelRows {
     /// The rows themselves, row after row.
     Inline {
@@ -92,6 +112,45 @@ pub enum PixelRows {
         /// Number of pixels.
         count: usize,
     },
+    /// Rows `first .. first + count` of a movie shared in memory.
+    Shared {
+        /// The whole `Yr`.
+        yr: Arc<Array2<f32>>,
+        /// First pixel.
+        first: usize,
+        /// Number of pixels.
+        count: usize,
+    },
+}
+
+/// What goes over the wire for a [`PixelRows`].
+#[derive(Serialize, Deserialize)]
+enum WireRows {
+    Inline { frames: usize, values: Vec<f32> },
+    Mmap { path: PathBuf, first: usize, count: usize },
+}
+
+impl From<PixelRows> for WireRows {
+    fn from(r: PixelRows) -> Self {
+        match r {
+            PixelRows::Inline { frames, values } => WireRows::Inline { frames, values },
+            PixelRows::Mmap { path, first, count } => WireRows::Mmap { path, first, count },
+            PixelRows::Shared { yr, first, count } => {
+                let end = (first + count).min(yr.nrows());
+                let start = first.min(end);
+                WireRows::Inline { frames: yr.ncols(), values: yr.slice(s![start..end, ..]).iter().copied().collect() }
+            }
+        }
+    }
+}
+
+impl From<WireRows> for PixelRows {
+    fn from(w: WireRows) -> Self {
+        match w {
+            WireRows::Inline { frames, values } => PixelRows::Inline { frames, values },
+            WireRows::Mmap { path, first, count } => PixelRows::Mmap { path, first, count },
+        }
+    }
 }
 
 impl PixelRows {
@@ -136,6 +195,16 @@ impl PixelRows {
                 }
                 Ok(f(yr.slice(s![*first..first + count, ..])))
             }
+            PixelRows::Shared { yr, first, count } => {
+                if first + count > yr.nrows() {
+                    return Err(Error::InvalidParam(format!(
+                        "pixels {first}..{} requested from a movie of {} pixels",
+                        first + count,
+                        yr.nrows()
+                    )));
+                }
+                Ok(f(yr.slice(s![*first..first + count, ..])))
+            }
         }
     }
 
@@ -169,6 +238,16 @@ mod tests {
         assert_eq!(mapped.to_array().unwrap(), yr.slice(s![2..5, ..]));
         let bad = PixelRows::Mmap { path, first: 5, count: 3 };
         assert!(bad.to_array().is_err());
+        let shared = Arc::new(yr.clone());
+        let fov = Fov::from_shared(dims, &shared).unwrap();
+        let rows = fov.rows(2..5);
+        assert!(matches!(rows, PixelRows::Shared { .. }));
+        assert_eq!(rows.to_array().unwrap(), yr.slice(s![2..5, ..]));
+        // Over the wire a shared block is just its rows.
+        let wire = postcard::to_stdvec(&rows).unwrap();
+        let back: PixelRows = postcard::from_bytes(&wire).unwrap();
+        assert_eq!(back, inline);
+        assert!(PixelRows::Shared { yr: shared, first: 4, count: 3 }.to_array().is_err());
         assert!(Fov::new(Dims::planar(2, 2), yr.view()).is_err());
     }
 }

@@ -245,6 +245,11 @@ fn linear_and_threads_give_identical_fits() {
     let (e1, _) = fit(&fov, &params, &Linear::new()).unwrap();
     let (e2, _) = fit(&fov, &params, &Threads::new(2).unwrap()).unwrap();
     assert_eq!(e1, e2);
+    // Tasks holding the shared movie instead of copies of their rows: the same fit.
+    let shared = std::sync::Arc::new(yr.clone());
+    let fov = Fov::from_shared(dims, &shared).unwrap();
+    let (e3, _) = fit(&fov, &params, &Threads::new(2).unwrap()).unwrap();
+    assert_eq!(e1, e3);
 }
 
 #[test]

@@ -44,5 +44,5 @@ pub mod write;
 
 pub use error::{Error, Result};
 pub use movie::{DType, Dims, Movie, MovieMeta, Shape};
-pub use source::{ChainSource, Format, FrameSource, OpenOptions, SourceInfo, load, open, read_movie};
+pub use source::{ChainSource, Format, FrameSource, OpenOptions, SourceInfo, load, open, read_movie, read_yr};
 pub use write::{MovieWriter, Order, TiffSample, WriteOptions, copy_frames, create, save};

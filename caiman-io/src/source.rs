@@ -269,6 +269,42 @@ pub fn read_movie(src: &mut dyn FrameSource, range: std::ops::Range<usize>) -> R
     Ok(movie)
 }
 
+/// Read a whole source straight into CaImAn's `Yr` (pixels in Fortran order × frames), blocks of
+/// frames at a time, without first holding the movie frame-major (peak memory: `Yr` plus one
+/// block).
+pub fn read_yr(src: &mut dyn FrameSource) -> Result<ndarray::Array2<f32>> {
+    let shape = src.info().shape;
+    let (d, t_len) = (shape.dims.pixels(), shape.frames);
+    let mut yr = ndarray::Array2::<f32>::zeros((d, t_len));
+    if d == 0 || t_len == 0 {
+        return Ok(yr);
+    }
+    // C-order index of every Fortran-order pixel.
+    let mut c_of_f = vec![0usize; d];
+    let dims = shape.dims;
+    for i in 0..dims.d1 {
+        for j in 0..dims.d2 {
+            for k in 0..dims.d3 {
+                c_of_f[dims.f_index(i, j, k)] = dims.c_index(i, j, k);
+            }
+        }
+    }
+    let block = ((8usize << 20) / (4 * d)).clamp(1, 256).min(t_len);
+    let mut buf = vec![0f32; block * d];
+    let out = yr.as_slice_mut().expect("a new array is contiguous");
+    for t0 in (0..t_len).step_by(block) {
+        let n = block.min(t_len - t0);
+        src.read_frames(t0, &mut buf[..n * d])?;
+        for (p, &c) in c_of_f.iter().enumerate() {
+            let row = &mut out[p * t_len + t0..p * t_len + t0 + n];
+            for (b, v) in row.iter_mut().enumerate() {
+                *v = buf[b * d + c];
+            }
+        }
+    }
+    Ok(yr)
+}
+
 /// Load a whole movie into memory.
 pub fn load(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Movie> {
     let mut src = open(path, opts)?;

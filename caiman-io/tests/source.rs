@@ -1,7 +1,8 @@
 //! Format-independent reader behaviour: chains of files, strided reads, whole loads.
 
 use caiman_io::{
-    ChainSource, Dims, Error, FrameSource, Movie, OpenOptions, Order, Shape, WriteOptions, load, open, read_movie, save,
+    ChainSource, Dims, Error, FrameSource, Movie, OpenOptions, Order, Shape, WriteOptions, load, open, read_movie,
+    read_yr, save,
 };
 
 fn movie(frames: usize, dims: Dims, seed: f32) -> Movie {
@@ -69,4 +70,18 @@ fn strided_reads_and_bad_requests() {
     src.read_frames_strided(1, 2, &mut buf).unwrap(); // frames 1,3,5,7,9
     assert!(matches!(src.read_frames_strided(2, 2, &mut buf), Err(Error::InvalidRequest { .. })));
     assert_eq!(load(&p, &OpenOptions::default()).unwrap().as_slice(), m.as_slice());
+}
+
+#[test]
+fn read_yr_equals_the_loaded_movie_in_fortran_pixel_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for (dims, frames) in [(Dims::planar(6, 5), 300), (Dims::volume(3, 4, 2), 7), (Dims::planar(2, 3), 1)] {
+        let m = movie(frames, dims, 1.0);
+        let path = save(dir.path().join(format!("m{}.npy", dims.d3)), &m, &WriteOptions::default()).unwrap();
+        let mut src = open(&path, &OpenOptions::default()).unwrap();
+        let yr = read_yr(src.as_mut()).unwrap();
+        assert_eq!(yr, m.to_yr(), "{dims} × {frames}");
+        // Pixel (i, j) is row i + d1·j: check one by hand.
+        assert_eq!(yr[[1 + dims.d1 * 2, 0]], m.frame(0)[dims.c_index(1, 2, 0)]);
+    }
 }
