@@ -10,13 +10,13 @@
 //!    what runs inside every patch;
 //! 4. otherwise the spatial update, the temporal update with `p = 0`, merging (`mx = 50`, fast
 //!    merge) when `merging.do_merge`, a second spatial update and the temporal update with
-//!    `p = preprocess.p` (CaImAn's quirk [Q]: `temporal.p` is overwritten by `preprocess.p`, which
+//!    `p = preprocess.p` (CaImAn's quirk \[Q\]: `temporal.p` is overwritten by `preprocess.p`, which
 //!    we reproduce because every CaImAn parameter file relies on it); `skip_refinement` stops after
 //!    the first temporal update (run with `preprocess.p`);
 //! 5. `normalize_components`.
 //!
 //! [`refit`] is CaImAn's `refit`: the accepted components (all, when not evaluated) seed a full
-//! no-patch fit. CaImAn mutates the shared params object ([Q]: `rf = None`, `only_init = False`
+//! no-patch fit. CaImAn mutates the shared params object (\[Q\]: `rf = None`, `only_init = False`
 //! afterwards on the original too); we return the changed copy and leave the caller's params alone.
 //!
 //! Each stage is timed and its peak RSS recorded in a [`FitReport`].

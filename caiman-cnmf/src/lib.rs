@@ -24,6 +24,7 @@ pub mod noise;
 pub mod oasis;
 pub mod online_oasis;
 pub mod params;
+pub mod patches;
 pub mod pixels;
 pub mod quality;
 pub mod results;

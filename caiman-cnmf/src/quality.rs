@@ -28,12 +28,12 @@
 //!   `quality.use_cnn = true` (CaImAn's default) is therefore *ignored* with a `tracing` warning:
 //!   the rule runs without the CNN terms, exactly as CaImAn with `use_cnn = False`. No
 //!   `cnn_preds` are produced.
-//! * **NaN metrics [Q].** As in CaImAn, [`evaluate_components`] applies the rule to the raw
+//! * **NaN metrics \[Q\].** As in CaImAn, [`evaluate_components`] applies the rule to the raw
 //!   metrics (a NaN r-value or SNR neither accepts nor rejects) and only then stores NaN r as −1
 //!   and NaN SNR as 0; [`filter_components`] works on the stored values, so with the default
 //!   `rval_lowest = −1` a component with a NaN r-value can be accepted by the evaluation and
 //!   rejected by a later filter. Reproduced on purpose.
-//! * **Overlaps across groups [Q].** CaImAn's memmap path evaluates groups of 50 components in
+//! * **Overlaps across groups \[Q\].** CaImAn's memmap path evaluates groups of 50 components in
 //!   separate calls, so the frames of overlapping components are only excluded when both are in
 //!   the same group of 50. Here overlaps are computed over *all* components (what CaImAn does on
 //!   in-memory data and what the method intends); identical to CaImAn for ≤ 50 components.
