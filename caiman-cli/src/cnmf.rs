@@ -1,6 +1,7 @@
-//! `caiman cnmf MOVIE [--params FILE.json] -o results.hdf5 [--json]`: CNMF on the whole field of
-//! view — fit (initialisation), refit (spatial/temporal updates, merging), component evaluation,
-//! ΔF/F — saved in CaImAn's `CNMF.save` HDF5 layout (CaImAn's `load_CNMF` opens it).
+//! `caiman cnmf MOVIE [--params FILE.json] -o results.hdf5 [--json]`: CaImAn's CNMF — fit (on
+//! overlapping patches when the params set `patch.rf`, else on the whole field of view), refit
+//! (spatial/temporal updates and merging on the whole field of view), component evaluation, ΔF/F
+//! — saved in CaImAn's `CNMF.save` HDF5 layout (CaImAn's `load_CNMF` opens it).
 //!
 //! The movie is read into memory as `Yr` (pixels × frames). A C-order CaImAn `.mmap` is mapped
 //! instead of read, and worker processes (`--backend processes`) read their pixel blocks from it;
@@ -74,13 +75,6 @@ pub(crate) fn load_params(path: Option<&Path>, dims: Dims, frames: usize) -> Res
         }
         None => (CnmfParams::new(), Vec::new()),
     };
-    if let Some(rf) = &params.patch.rf {
-        bail!(
-            "patch.rf = {} asks for a patch run, which this build does not do yet; set \"rf\": null in the \
-             \"patch\" group to fit the whole field of view",
-            serde_json::to_string(rf).unwrap_or_default()
-        );
-    }
     let mut dims_v = vec![dims.d1, dims.d2];
     if dims.is_volume() {
         dims_v.push(dims.d3);

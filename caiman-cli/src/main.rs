@@ -2,7 +2,7 @@
 //!
 //! Subcommands: `info` (what a movie file holds), `convert` (any format to any format, streamed),
 //! `motion-correct` (NoRMCorre), `deconvolve` (OASIS on trace matrices), `summary` (correlation,
-//! mean, max and noise images), `cnmf` (CNMF source extraction on a field of view, CaImAn HDF5
+//! mean, max and noise images), `cnmf` (CNMF source extraction, on patches or the whole field of view, CaImAn HDF5
 //! results), `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
 //! exists, on a synthetic movie). This crate is glue: parsing flags, progress bars, printing
 //! results. The work happens in the library crates.
@@ -50,7 +50,7 @@ enum Command {
     Deconvolve(deconvolve::Args),
     /// Summary images: correlation image, mean, max, pixel noise (HDF5 and PNG).
     Summary(summary::Args),
-    /// CNMF on the whole field of view: fit, refit, evaluation, ΔF/F; CaImAn's HDF5 results.
+    /// CNMF (patches when `rf` is set): fit, refit, evaluation, ΔF/F; CaImAn's HDF5 results.
     Cnmf(cnmf::Args),
     /// Write a synthetic two-photon movie and its ground truth.
     Synth(synth::Args),

@@ -21,8 +21,10 @@
 //!
 //! Each stage is timed and its peak RSS recorded in a [`FitReport`].
 //!
-//! What it is not: patches (`rf` set) — those are split, fitted and merged by the patch driver;
-//! motion correction; file formats.
+//! With `patch.rf` set, [`fit`] hands over to [`crate::patches::fit_patches`] (CaImAn's patch
+//! branch); [`refit`] then runs on the whole field of view as above.
+//!
+//! What it is not: motion correction; file formats.
 
 use std::time::Instant;
 
@@ -174,13 +176,18 @@ pub fn preprocess<E: Executor>(
 // Fit
 // ---------------------------------------------------------------------------------------------
 
-/// `CNMF.fit(images)` without patches: initialisation from scratch, then (unless
-/// `patch.only_init`) the refinement. See the module doc for the exact order.
+/// `CNMF.fit(images)`: with `patch.rf` set, CaImAn's patch branch
+/// ([`crate::patches::fit_patches`]: per-patch initialisation, assembly, merging until stable, a
+/// temporal update); otherwise initialisation from scratch, then (unless `patch.only_init`) the
+/// refinement. See the module doc for the exact order.
 ///
 /// # Errors
-/// [`Error::InvalidParam`] if `patch.rf` is set (patches are not a single field of view) or a
-/// parameter is out of range; data errors of the stages; [`Error::Exec`] when a worker fails.
+/// [`Error::InvalidParam`] for a parameter out of range; data errors of the stages;
+/// [`Error::Exec`] when a worker fails.
 pub fn fit<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &E) -> Result<(Estimates, FitReport)> {
+    if params.patch.rf.is_some() {
+        return crate::patches::fit_patches(fov, params, exec);
+    }
     fit_from(fov, params, None, exec)
 }
 
@@ -190,7 +197,9 @@ pub fn fit<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &E) -> Result<
 /// recomputes it from the same movie, to the same values).
 ///
 /// # Errors
-/// As [`fit`], plus [`Error::ShapeMismatch`] if `start` does not fit the movie.
+/// As [`fit`], plus [`Error::ShapeMismatch`] if `start` does not fit the movie and
+/// [`Error::InvalidParam`] if `patch.rf` is set (a fit from given components is a single field
+/// of view).
 pub fn fit_from<E: Executor>(
     fov: &Fov<'_>,
     params: &CnmfParams,
@@ -199,7 +208,7 @@ pub fn fit_from<E: Executor>(
 ) -> Result<(Estimates, FitReport)> {
     if params.patch.rf.is_some() {
         return Err(Error::InvalidParam(
-            "patch.rf is set: a patch run splits the field of view first (use the patch driver)".into(),
+            "patch.rf is set: a fit from given components runs on the whole field of view (set rf to None)".into(),
         ));
     }
     let mut report = FitReport::default();

@@ -1,10 +1,12 @@
-//! `caiman-cnmf`: CaImAn's CNMF source extraction on a field of view — initialisation (greedy ROI,
+//! `caiman-cnmf`: CaImAn's CNMF source extraction — on overlapping patches or one field of view:
+//! initialisation (greedy ROI,
 //! HALS, NMF background), spatial and temporal updates, merging, component evaluation (trace SNR,
 //! spatial consistency, CaImAn's decision rule), ΔF/F, CaImAn's parameters and its `CNMF.save`
 //! HDF5 results — and the kernels under them: pixel and trace noise, AR estimation, OASIS
 //! deconvolution (batch and incremental), summary images, component matching.
 //!
-//! Entry points: [`cnmf::fit`], [`cnmf::refit`], [`cnmf::run_pipeline`] on a [`pixels::Fov`];
+//! Entry points: [`cnmf::fit`] (patches when `patch.rf` is set, see [`patches`]), [`cnmf::refit`],
+//! [`cnmf::run_pipeline`] on a [`pixels::Fov`];
 //! [`results::save_cnmf`] / [`results::load_cnmf`].
 //!
 //! What it is not: no movie formats (movies come through `caiman-io` frame sources), no threads
@@ -47,5 +49,6 @@ pub fn register_tasks(r: caiman_parallel::Registry) -> caiman_parallel::Registry
     let r = spatial::register_tasks(r);
     let r = quality::register_tasks(r);
     let r = cnmf::register_tasks(r);
+    let r = patches::register_tasks(r);
     evaluation::register_tasks(r)
 }

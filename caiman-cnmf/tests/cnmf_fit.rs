@@ -264,11 +264,12 @@ fn bad_input_gives_typed_errors() {
     let fov = Fov::new(dims, bad.view()).unwrap();
     let err = fit(&fov, &params, &Linear::new()).unwrap_err();
     assert!(matches!(err, caiman_cnmf::Error::NonFinite { .. }), "{err}");
-    // Patches are not a single field of view.
+    // A fit from given components runs on the whole field of view, not on patches.
     let fov = Fov::new(dims, yr.view()).unwrap();
+    let (init, _) = fit(&fov, &toy_params(dims, true), &Linear::new()).unwrap();
     let mut p = params.clone();
     p.patch.rf = Some(serde_json::from_value(serde_json::json!(8)).unwrap());
-    assert!(matches!(fit(&fov, &p, &Linear::new()), Err(caiman_cnmf::Error::InvalidParam(_))));
+    assert!(matches!(fit_from(&fov, &p, Some(init), &Linear::new()), Err(caiman_cnmf::Error::InvalidParam(_))));
     // A seed of the wrong size.
     let start = Estimates::new(
         Dims::planar(2, 2),

@@ -325,3 +325,66 @@ fn single_fov_pipeline_finds_ground_truth_at_least_as_well_as_caiman() {
     assert!(m_us.f1 >= m_cm.f1, "F1: ours {:.4} < CaImAn's {:.4}", m_us.f1, m_cm.f1);
     assert!(med_us >= med_cm, "median TP trace correlation: ours {med_us:.4} < CaImAn's {med_cm:.4}");
 }
+
+/// CaImAn's own run, reproduced: its parameter file unchanged (patches rf 24 / stride 8, K 8 per
+/// patch), `fit` → `refit` → `evaluate_components` → ΔF/F, scored against the ground truth with
+/// the same matching as CaImAn's result.
+#[test]
+fn patch_pipeline_with_caimans_parameters_matches_or_beats_caiman() {
+    let movie = ref_path("cnmf_movie.tif");
+    if !movie.exists() {
+        eprintln!("SKIPPED: {} is absent (CaImAn reference movie)", movie.display());
+        return;
+    }
+    let (dims, yr) = load_yr(&movie);
+    let gt = ground_truth();
+    let gt_idx: Vec<usize> = (0..gt.in_fov.len()).filter(|&i| gt.in_fov[i]).collect();
+    let gt_a = columns(&gt.a, &gt_idx);
+    let gt_c = gt.c.select(Axis(0), &gt_idx);
+    let cm_a = columns(
+        &csc(
+            &npy("refit_A_shape.npy"),
+            &npy("refit_A_indptr.npy"),
+            &npy("refit_A_indices.npy"),
+            &npy("refit_A_data.npy"),
+        ),
+        &as_usize(&npy("refit_idx_components.npy")),
+    );
+    let cm_c = to_array2(&npy("refit_C.npy")).select(Axis(0), &as_usize(&npy("refit_idx_components.npy")));
+
+    let text = std::fs::read_to_string(ref_path("cnmf_params_input.json")).expect("cnmf_params_input.json");
+    let (params, _) = CnmfParams::from_caiman_json(&text).expect("CaImAn's parameters");
+    assert!(params.patch.rf.is_some() && params.init.k == Some(8));
+    let fov = Fov::new(dims, yr.view()).unwrap();
+    let out = run_pipeline(&fov, &params, &Threads::new(2).unwrap()).expect("patch pipeline");
+    let est = &out.estimates;
+    let idx = est.idx_components.clone().expect("evaluated");
+    let (our_a, our_c) = (columns(&est.a, &idx), est.c.select(Axis(0), &idx));
+
+    let (m_cm, m_us) = (score(&gt_a, &cm_a, dims, MASK_THR), score(&gt_a, &our_a, dims, MASK_THR));
+    let (med_cm, med_us) =
+        (median(&tp_trace_corrs(&m_cm, &gt_c, &cm_c)), median(&tp_trace_corrs(&m_us, &gt_c, &our_c)));
+    let fit_components = out.report.stages.iter().find(|s| s.stage == "temporal").map_or(0, |s| s.components);
+    eprintln!(
+        "patches (rf 24, stride 8, K 8): fit {fit_components} components (CaImAn 41), refit {} (CaImAn 40), \
+         accepted {} (CaImAn {}); TP/FP/FN {}/{}/{} (CaImAn {}/{}/{}); F1 {:.4} (CaImAn {:.4}); median trace corr \
+         {med_us:.4} (CaImAn {med_cm:.4}); {:.2} s",
+        est.n_components(),
+        idx.len(),
+        cm_a.ncols(),
+        m_us.tp_gt.len(),
+        m_us.fp_comp.len(),
+        m_us.fn_gt.len(),
+        m_cm.tp_gt.len(),
+        m_cm.fp_comp.len(),
+        m_cm.fn_gt.len(),
+        m_us.f1,
+        m_cm.f1,
+        out.report.seconds()
+    );
+    for s in &out.report.stages {
+        eprintln!("  {:<20} {:>8.2} s  {:>4} components", s.stage, s.seconds, s.components);
+    }
+    assert!(m_us.f1 >= m_cm.f1, "F1: ours {:.4} < CaImAn's {:.4}", m_us.f1, m_cm.f1);
+    assert!(med_us >= med_cm, "median TP trace correlation: ours {med_us:.4} < CaImAn's {med_cm:.4}");
+}
