@@ -30,7 +30,7 @@ use caiman_cnmf::merging::merge_components;
 use caiman_cnmf::params::CnmfParams;
 use caiman_cnmf::pixels::Fov;
 use caiman_cnmf::spatial::update_spatial_components;
-use caiman_cnmf::temporal::{TemporalResult, update_temporal_components};
+use caiman_cnmf::temporal::update_temporal_components;
 use caiman_io::Dims;
 use caiman_parallel::{Executor, Linear, Par, Threads};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -149,22 +149,6 @@ fn executors() -> (Linear, Threads) {
     (Linear::with_inner_threads(Some(1)), Threads::with_inner_threads(2, Some(1)).expect("thread pool"))
 }
 
-/// The temporal result as estimates (what `fit` does after a temporal update).
-fn with_temporal(est: &Estimates, res: TemporalResult) -> Estimates {
-    let mut next = est.subset(&res.kept);
-    next.a = res.a;
-    next.c = res.c;
-    next.f = res.f;
-    next.s = Some(res.s);
-    next.yr_a = Some(res.yr_a);
-    next.g = Some(res.g);
-    next.bl = Some(res.bl);
-    next.c1 = Some(res.c1);
-    next.neurons_sn = Some(res.neurons_sn);
-    next.lam = Some(res.lam);
-    next
-}
-
 fn stages(c: &mut Criterion) {
     let movie = SynthPatch::new();
     let fov = movie.fov();
@@ -204,7 +188,7 @@ fn stages(c: &mut Criterion) {
         &threads,
     )
     .expect("temporal p = 0");
-    let mut to_merge = with_temporal(&after_spatial, t0);
+    let mut to_merge = t0.into_estimates(&mut after_spatial.clone());
     let dup: Vec<usize> = (0..DUPLICATES.min(to_merge.n_components())).collect();
     to_merge.append(&to_merge.subset(&dup)).expect("duplicates");
     let merged = merge_components(&fov, &to_merge, &params.merging, &temporal_p0, 50, true, &threads).expect("merge");

@@ -74,7 +74,9 @@ impl FitReport {
         self.stages.extend(other.stages);
     }
 
-    fn record(&mut self, stage: &str, start: Instant, components: usize, stats: Option<&RunStats>) {
+    /// Appends a stage that started at `start` and left `components` components; `stats` (of
+    /// the stage's executor map, if any) gives the workers' peak memory. Logs the stage.
+    pub fn record(&mut self, stage: &str, start: Instant, components: usize, stats: Option<&RunStats>) {
         let workers = stats.map_or(0, |s| s.peak_rss.workers_sum_kib);
         tracing::info!(stage, seconds = start.elapsed().as_secs_f64(), components, "cnmf stage done");
         self.stages.push(StageReport {
@@ -367,19 +369,7 @@ fn temporal_step<E: Executor>(
         &temporal,
         exec,
     )?;
-    let mut next = est.subset(&res.kept);
-    next.a = res.a;
-    next.c = res.c;
-    next.f = res.f;
-    next.s = Some(res.s);
-    next.yr_a = Some(res.yr_a);
-    next.g = Some(res.g);
-    next.bl = Some(res.bl);
-    next.c1 = Some(res.c1);
-    next.neurons_sn = Some(res.neurons_sn);
-    next.lam = Some(res.lam);
-    next.sn = est.sn.clone();
-    next.discarded = est.discarded.take();
+    let next = res.into_estimates(est);
     *est = next;
     report.record(if p == 0 { "temporal (p = 0)" } else { "temporal" }, t0, est.n_components(), Some(&stats));
     Ok(())

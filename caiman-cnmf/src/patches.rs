@@ -60,9 +60,9 @@ use serde::{Deserialize, Serialize};
 
 use caiman_io::Dims;
 use caiman_io::mmap::MmapSource;
-use caiman_parallel::{Executor, Linear, Par, Registry, RunStats, Task, TaskCtx, TaskError, peak_rss_kib};
+use caiman_parallel::{Executor, Linear, Par, Registry, Task, TaskCtx, TaskError};
 
-use crate::cnmf::{FitReport, StageReport, main_thread_par};
+use crate::cnmf::{FitReport, main_thread_par};
 use crate::error::task_err;
 use crate::estimates::{EPS_F32, Estimates};
 use crate::params::CnmfParams;
@@ -471,18 +471,6 @@ pub fn register_tasks(r: Registry) -> Registry {
 // run_CNMF_patches
 // ---------------------------------------------------------------------------------------------
 
-fn record(report: &mut FitReport, stage: &str, t0: Instant, components: usize, stats: Option<&RunStats>) {
-    let seconds = t0.elapsed().as_secs_f64();
-    tracing::info!(stage, seconds, components, "cnmf stage done");
-    report.stages.push(StageReport {
-        stage: stage.to_owned(),
-        seconds,
-        peak_rss_kib: peak_rss_kib(),
-        worker_peak_rss_kib: stats.map_or(0, |s| s.peak_rss.workers_sum_kib),
-        components,
-    });
-}
-
 /// `rf` and `stride` per axis for a run (`stride = None` → `int(0.2·rf)`).
 fn rf_stride(params: &CnmfParams, dims: Dims) -> Result<(Vec<usize>, Vec<usize>)> {
     let rf = params
@@ -538,11 +526,11 @@ pub fn run_cnmf_patches<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &
     let boxes: Vec<PatchBox> = tasks.iter().map(|t| t.patch.clone()).collect();
     let (outs, stats) = exec.map(tasks)?;
     let n_comp: usize = outs.iter().flatten().map(|o| o.k).sum();
-    record(&mut report, "patches", t0, n_comp, Some(&stats));
+    report.record("patches", t0, n_comp, Some(&stats));
 
     let t0 = Instant::now();
     let est = assemble(fov, params, &boxes, outs, main_thread_par(exec))?;
-    record(&mut report, "patch assembly", t0, est.n_components(), None);
+    report.record("patch assembly", t0, est.n_components(), None);
     Ok((est, report))
 }
 
@@ -1037,7 +1025,7 @@ pub fn fit_patches<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &E) ->
             break;
         }
     }
-    record(&mut report, "merge", t0, est.n_components(), None);
+    report.record("merge", t0, est.n_components(), None);
 
     if est.n_components() > 0 {
         let t0 = Instant::now();
@@ -1050,20 +1038,8 @@ pub fn fit_patches<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &E) ->
             &params.temporal,
             exec,
         )?;
-        let mut next = est.subset(&res.kept);
-        next.a = res.a;
-        next.c = res.c;
-        next.f = res.f;
-        next.s = Some(res.s);
-        next.yr_a = Some(res.yr_a);
-        next.g = Some(res.g);
-        next.bl = Some(res.bl);
-        next.c1 = Some(res.c1);
-        next.neurons_sn = Some(res.neurons_sn);
-        next.lam = Some(res.lam);
-        next.sn = est.sn.take();
-        est = next;
-        record(&mut report, "temporal", t0, est.n_components(), Some(&stats));
+        est = res.into_estimates(&mut est);
+        report.record("temporal", t0, est.n_components(), Some(&stats));
     }
     est.normalize_components();
     est.center = Some(est.centers_of_mass());

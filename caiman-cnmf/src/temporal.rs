@@ -38,7 +38,7 @@ use caiman_parallel::{Executor, Par, RunStats};
 use ndarray::{Array2, ArrayView2, s};
 
 use crate::error::{Error, Result};
-use crate::estimates::{EPS_F32, hstack_dense};
+use crate::estimates::{EPS_F32, Estimates, hstack_dense};
 use crate::foopsi::{DeconvolveBlock, FoopsiOptions, FoopsiResult, TraceOverrides, deconvolve_traces_with};
 use crate::params::{MethodDeconvolution, TemporalParams};
 use crate::pixels::Fov;
@@ -71,6 +71,28 @@ pub struct TemporalResult {
     pub kept: Vec<usize>,
     /// The footprints `A` of the kept neurons (`d × K'`).
     pub a: CscMatrix,
+}
+
+impl TemporalResult {
+    /// The estimates after this update: the kept components of `before` with footprints, traces,
+    /// background traces, residuals and deconvolution results replaced; pixel noise, background
+    /// footprints and discarded components carried over.
+    pub fn into_estimates(self, before: &mut Estimates) -> Estimates {
+        let mut next = before.subset(&self.kept);
+        next.a = self.a;
+        next.c = self.c;
+        next.f = self.f;
+        next.s = Some(self.s);
+        next.yr_a = Some(self.yr_a);
+        next.g = Some(self.g);
+        next.bl = Some(self.bl);
+        next.c1 = Some(self.c1);
+        next.neurons_sn = Some(self.neurons_sn);
+        next.lam = Some(self.lam);
+        next.sn = before.sn.clone();
+        next.discarded = before.discarded.take();
+        next
+    }
 }
 
 /// `constrained_foopsi` options of CNMF's `temporal` parameter group (`p`, `bas_nonneg`,
