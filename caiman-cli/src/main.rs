@@ -3,8 +3,9 @@
 //! Subcommands: `info` (what a movie file holds), `convert` (any format to any format, streamed),
 //! `motion-correct` (NoRMCorre), `deconvolve` (OASIS on trace matrices), `summary` (correlation,
 //! mean, max and noise images), `cnmf` (CNMF source extraction, on patches or the whole field of view, CaImAn HDF5
-//! results), `synth` (a synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that
-//! exists, on a synthetic movie). This crate is glue: parsing flags, progress bars, printing
+//! results), `pipeline` (motion correction, C-order copy, CNMF, results and pictures in one run), `synth` (a
+//! synthetic two-photon movie with ground truth) and `demo` (the whole pipeline that exists, on a synthetic
+//! movie). This crate is glue: parsing flags, progress bars, printing
 //! results. The work happens in the library crates.
 // A command-line tool's job is to print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -14,8 +15,10 @@ mod convert;
 mod deconvolve;
 mod demo;
 mod exec_args;
+mod figures;
 mod info;
 mod motion;
+mod pipeline;
 mod progress;
 mod summary;
 mod synth;
@@ -52,6 +55,8 @@ enum Command {
     Summary(summary::Args),
     /// CNMF (patches when `rf` is set): fit, refit, evaluation, ΔF/F; CaImAn's HDF5 results.
     Cnmf(cnmf::Args),
+    /// The batch pipeline: motion correction, C-order memmap, CNMF, results HDF5 and PNG pictures.
+    Pipeline(pipeline::Args),
     /// Write a synthetic two-photon movie and its ground truth.
     Synth(synth::Args),
     /// Run the whole available pipeline on a synthetic movie and report against ground truth.
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Deconvolve(a) => deconvolve::run(a, &ui),
         Command::Summary(a) => summary::run(a, &ui),
         Command::Cnmf(a) => cnmf::run(a, &ui),
+        Command::Pipeline(a) => pipeline::run(a, &ui),
         Command::Synth(a) => synth::run(a, &ui),
         Command::Demo(a) => demo::run(a, &ui),
     };

@@ -11,11 +11,16 @@
 //!   several workers (threads or processes) fill disjoint frame ranges (order F) or pixel ranges
 //!   (order C) of one pre-sized file, which is renamed into place once complete.
 //!
+//! [`transpose_f_to_c`] streams an F-order file (what motion correction writes) into the C-order
+//! file CNMF reads, in bounded memory.
+//!
 //! Deliberate deviation from CaImAn: its single-file `save_memmap(..., order='F')` writes C-ordered
 //! bytes under an `order_F` name (and then misreads its own file). Every writer here writes the
 //! byte order its name states. A reader, like CaImAn's, trusts the name: such a mislabelled
 //! CaImAn file reads with pixels and frames scrambled.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -444,4 +449,83 @@ impl MovieWriter for MmapWriter {
         drop(me.region);
         me.pending.commit()
     }
+}
+/// Copies the F-order memmap `src` (frames contiguous) to a C-order memmap named after `base`
+/// (pixel rows contiguous), pixel block by pixel block: each block of pixel rows (at most
+/// `block_bytes`) is gathered from tiles of frames with positioned reads, zeroed where it lies
+/// within `border_to_0` pixels of the frame's edge (rows and columns, as CaImAn's
+/// `save_memmap`), and written with positioned writes of about 4 MiB (memory: the block, a 4 MiB
+/// tile of frames and a 4 MiB write buffer). `progress(done, total)` hears about
+/// pixel blocks. This is the one copy CNMF needs after motion correction (CaImAn's
+/// `save_memmap(order='C')`, without its `+0.0001` and its intermediate copies).
+///
+/// # Errors
+/// Errors naming `src` for a name that is not a CaImAn F-order memmap or a size that does not
+/// match it; I/O errors naming the file.
+pub fn transpose_f_to_c(
+    src: &Path,
+    base: &Path,
+    border_to_0: usize,
+    block_bytes: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PathBuf> {
+    let name = MmapName::decode(src)?;
+    if name.order != Order::F {
+        return Err(Error::invalid(src, "expected an F-order (frame-major) memmap"));
+    }
+    let shape = name.shape();
+    let (d, t_len, dims) = (shape.dims.pixels(), shape.frames, shape.dims);
+    let input = File::open(src).at(src)?;
+    let len = input.metadata().at(src)?.len();
+    if len != shape.len() as u64 * 4 {
+        return Err(Error::malformed(
+            src,
+            "CaImAn memmap",
+            format!("file holds {len} bytes but its name says {shape} float32 values"),
+        ));
+    }
+    let pending = PendingMmap::create(base, shape, Order::C)?;
+    let out = File::options().write(true).open(pending.tmp_path()).at(pending.tmp_path())?;
+    let rows_per_block = (block_bytes / (4 * t_len).max(1)).clamp(1, d);
+    let n_blocks = d.div_ceil(rows_per_block);
+    // A tile of frames: up to 64 frames of the block's pixels (bounded by 4 MiB).
+    let tile_frames = (4usize << 20).div_ceil(4 * rows_per_block).clamp(1, 64).min(t_len);
+    let mut block = vec![0f32; rows_per_block * t_len];
+    let mut tile = vec![0u8; tile_frames * rows_per_block * 4];
+    let mut bytes: Vec<u8> = Vec::new();
+    let b = border_to_0;
+    let in_border = |p: usize| {
+        let (i, j) = (p % dims.d1, (p / dims.d1) % dims.d2);
+        b > 0 && (i < b || j < b || i + b >= dims.d1 || j + b >= dims.d2)
+    };
+    for (bi, p0) in (0..d).step_by(rows_per_block).enumerate() {
+        let np = rows_per_block.min(d - p0);
+        for t0 in (0..t_len).step_by(tile_frames) {
+            let nt = tile_frames.min(t_len - t0);
+            for dt in 0..nt {
+                let off = ((t0 + dt) * d + p0) as u64 * 4;
+                input.read_exact_at(&mut tile[dt * np * 4..(dt + 1) * np * 4], off).at(src)?;
+            }
+            for k in 0..np {
+                let row = &mut block[k * t_len + t0..k * t_len + t0 + nt];
+                for (dt, v) in row.iter_mut().enumerate() {
+                    let at = (dt * np + k) * 4;
+                    *v = f32::from_le_bytes([tile[at], tile[at + 1], tile[at + 2], tile[at + 3]]);
+                }
+            }
+        }
+        for k in (0..np).filter(|&k| in_border(p0 + k)) {
+            block[k * t_len..(k + 1) * t_len].fill(0.0);
+        }
+        // Pixel rows are contiguous in order C: write the block in pieces of about 4 MiB.
+        let piece = (1usize << 20).max(t_len);
+        for (c, vals) in block[..np * t_len].chunks(piece).enumerate() {
+            bytes.clear();
+            bytes.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+            out.write_all_at(&bytes, (p0 * t_len + c * piece) as u64 * 4).at(pending.tmp_path())?;
+        }
+        progress(bi + 1, n_blocks);
+    }
+    drop(out);
+    pending.commit()
 }

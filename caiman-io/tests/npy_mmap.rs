@@ -434,3 +434,48 @@ proptest! {
         prop_assert_eq!(n.t, t);
     }
 }
+
+/// The transpose against the F-order file's own `Yr` view, with blocks and tiles that do not
+/// divide the movie, and the border zeroed.
+#[test]
+fn transpose_f_to_c_copies_every_pixel_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2, t) = (7usize, 5usize, 131usize);
+    let shape = Shape::new(t, Dims::planar(d1, d2));
+    let mut w =
+        caiman_io::create(dir.path().join("f.mmap"), shape, &WriteOptions { order: Order::F, ..Default::default() })
+            .unwrap();
+    let frames: Vec<f32> = (0..t * d1 * d2).map(|i| (i as f32 * 0.37).sin() * 100.0 + i as f32).collect();
+    w.write_frames(&frames).unwrap();
+    let f_path = w.finish().unwrap();
+    for (block, border) in [(4 * t * 3, 0), (4 * t * 35, 1), (1, 2)] {
+        let c_path = caiman_io::mmap::transpose_f_to_c(
+            &f_path,
+            &dir.path().join(format!("c{block}")),
+            border,
+            block,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let (f, c) = (MmapSource::open(&f_path).unwrap(), MmapSource::open(&c_path).unwrap());
+        assert_eq!(c.order(), Order::C);
+        let (fy, cy) = (f.yr(), c.yr());
+        assert_eq!(fy.dim(), cy.dim());
+        for p in 0..d1 * d2 {
+            let (i, j) = (p % d1, p / d1);
+            let edge = border > 0 && (i < border || j < border || i + border >= d1 || j + border >= d2);
+            for s in 0..t {
+                let want = if edge { 0.0 } else { fy[[p, s]] };
+                assert_eq!(cy[[p, s]].to_bits(), want.to_bits(), "pixel {p} frame {s} block {block}");
+            }
+        }
+    }
+    // A C-order file is not a source for the transpose; a truncated file is an error naming it.
+    let c_src = dir.path().join(MmapName::file_name("c", Dims::planar(d1, d2), t, Order::C));
+    std::fs::write(&c_src, vec![0u8; 4 * d1 * d2 * t]).unwrap();
+    assert!(caiman_io::mmap::transpose_f_to_c(&c_src, &dir.path().join("x"), 0, 1 << 20, &mut |_, _| {}).is_err());
+    let short = dir.path().join(MmapName::file_name("s", Dims::planar(d1, d2), t, Order::F));
+    std::fs::write(&short, vec![0u8; 8]).unwrap();
+    let err = caiman_io::mmap::transpose_f_to_c(&short, &dir.path().join("y"), 0, 1 << 20, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("s_d1_"), "{err}");
+}

@@ -1,0 +1,427 @@
+//! `caiman pipeline MOVIE… [--params FILE.json] -o results.hdf5`: CaImAn's batch pipeline
+//! (`demos/general/demo_pipeline.py`) from a raw movie to results and pictures, in one command.
+//!
+//! Stages:
+//! 1. motion correction (NoRMCorre with the params' `motion` group; piecewise rigid when
+//!    `pw_rigid` says so) into an F-order `.mmap` in a hidden per-run scratch directory
+//!    (`--no-motion` skips it);
+//! 2. one C-order copy for CNMF, a pixel-block transpose of the corrected movie with bounded
+//!    memory (one block of pixel rows plus a tile of frames) — CaImAn's
+//!    `save_memmap(order='C', border_to_0=…)` without its `+0.0001` and without its F-order
+//!    intermediate copy. As CaImAn, the `border_to_0` pixels at the frame edges are zeroed unless
+//!    `border_nan` is `'copy'`;
+//! 3. summary images of the corrected movie (the correlation image, for the contour picture);
+//! 4. CNMF (`fit` — on patches when `rf` is set —, `refit`, `evaluate_components`, `detrend_df_f`),
+//!    saved in CaImAn's `CNMF.save` layout, and the motion results next to it
+//!    (`<stem>_motion.h5`);
+//! 5. pictures next to the output: `<stem>_contours.png`, `<stem>_traces.png`,
+//!    `<stem>_shifts.png` (see [`crate::figures`]).
+//!
+//! The scratch directory (`--scratch`, else `$CAIMAN_TEMP`, else the output's directory) holds a
+//! hidden `.caiman-pipeline-*` subdirectory that is removed when the run ends, successfully or not,
+//! unless `--keep-intermediates`. The C-order copy is written with positioned writes of whole
+//! pixel rows (contiguous in order C) into a [`PendingMmap`] rather than through a writable
+//! memory map, so a fresh file's pages are not faulted in one by one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use caiman_cnmf::cnmf::StageReport;
+use caiman_cnmf::estimates::Estimates;
+use caiman_cnmf::results::save_cnmf;
+use caiman_cnmf::summary::{SummaryOptions, summary_images};
+use caiman_io::mmap::MmapName;
+use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Order, Shape, WriteOptions};
+use caiman_motion::{BorderNan, MotionJob, MotionParams, MotionResult, motion_correct};
+use caiman_parallel::{AnyExecutor, Executor};
+use ndarray::{Array2, Axis};
+use serde::Serialize;
+
+use crate::cnmf::{MovieYr, load_params, run_cnmf};
+use crate::exec_args::ExecArgs;
+use crate::figures;
+use crate::progress::Ui;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Input movie(s) (any readable format); several are chained into one movie.
+    #[arg(required = true)]
+    movies: Vec<PathBuf>,
+    /// CaImAn parameter JSON: its `motion` group drives motion correction, the other groups CNMF
+    /// (unknown keys are reported and ignored). Default: CaImAn's defaults.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// Output results file (`.hdf5` or `.h5`, CaImAn's `CNMF.save` layout); the motion results
+    /// and the pictures go next to it.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Where the intermediate memmaps go (a hidden per-run subdirectory). Default: `$CAIMAN_TEMP`
+    /// if set, else the output's directory.
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Skip motion correction (the movie is already registered).
+    #[arg(long)]
+    no_motion: bool,
+    /// Keep the intermediate memmaps (their directory is printed and recorded in the results).
+    #[arg(long)]
+    keep_intermediates: bool,
+    /// HDF5 dataset of the input (default `mov`, or the file's only dataset).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Memory for one block of pixel rows of the C-order copy, in MiB.
+    #[arg(long, default_value_t = 256)]
+    transpose_mib: usize,
+    #[command(flatten)]
+    exec: ExecArgs,
+    /// Print a JSON summary (per-stage time and peak memory, component counts, output paths) on
+    /// stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The `--json` summary.
+#[derive(Serialize)]
+struct Summary {
+    output: PathBuf,
+    motion_results: Option<PathBuf>,
+    pngs: Vec<PathBuf>,
+    intermediates: Option<PathBuf>,
+    movies: Vec<PathBuf>,
+    frames: usize,
+    dims: String,
+    backend: String,
+    pw_rigid: bool,
+    components: usize,
+    accepted: Option<usize>,
+    rejected: Option<usize>,
+    seconds: f64,
+    peak_rss_mib: f64,
+    stages: Vec<StageReport>,
+    warnings: Vec<String>,
+}
+
+/// Records a stage that started at `t0`.
+fn stage(stages: &mut Vec<StageReport>, name: &str, t0: Instant, components: usize) {
+    let seconds = t0.elapsed().as_secs_f64();
+    let peak_rss_kib = caiman_parallel::peak_rss_kib();
+    tracing::info!(stage = name, seconds, peak_rss_mib = peak_rss_kib as f64 / 1024.0, "pipeline stage done");
+    stages.push(StageReport { stage: name.to_owned(), seconds, peak_rss_kib, worker_peak_rss_kib: 0, components });
+}
+
+/// `<stem><suffix>` next to `output`.
+fn beside(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "results".into());
+    output.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The directory the hidden scratch subdirectory goes in.
+fn scratch_base(arg: Option<&Path>, output: &Path) -> PathBuf {
+    if let Some(p) = arg {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("CAIMAN_TEMP").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+}
+
+/// A C-order memmap of the (uncorrected) input for CNMF, plus whether it is the input itself (to
+/// be left alone) rather than a copy in `scratch`.
+fn c_order_input(
+    movies: &[PathBuf],
+    open: &OpenOptions,
+    scratch: &Path,
+    block_bytes: usize,
+    ui: &Ui,
+) -> Result<(PathBuf, bool)> {
+    if let [single] = movies
+        && let Ok(name) = MmapName::decode(single)
+    {
+        if name.order == Order::C {
+            return Ok((single.clone(), true));
+        }
+        let bar = ui.items_bar(0, "transpose", "blocks");
+        let path =
+            caiman_io::mmap::transpose_f_to_c(single, &scratch.join("movie"), 0, block_bytes, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+        bar.finish_and_clear();
+        return Ok((path, false));
+    }
+    let mut src = ChainSource::open(movies, open).with_context(|| format!("opening {}", movies[0].display()))?;
+    let shape = src.info().shape;
+    let opts = WriteOptions { order: Order::C, ..Default::default() };
+    let mut w = caiman_io::create(scratch.join("movie.mmap"), shape, &opts)?;
+    let bar = ui.frames_bar(shape.frames, "copy");
+    caiman_io::copy_frames(&mut src, 0..shape.frames, w.as_mut(), &mut |n| bar.set_position(n as u64))
+        .with_context(|| format!("copying {} to a C-order memmap", movies[0].display()))?;
+    bar.finish_and_clear();
+    Ok((w.finish()?, false))
+}
+
+/// Motion parameters from the params file's `motion` group (defaults without a file).
+fn motion_params(file: Option<&Path>) -> Result<(MotionParams, Vec<String>)> {
+    let Some(f) = file else { return Ok((MotionParams::default(), Vec::new())) };
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading parameters {}", f.display()))?;
+    let (p, w) = MotionParams::from_caiman_json(&text).with_context(|| format!("parameters {}", f.display()))?;
+    Ok((p, w.into_iter().map(|w| format!("motion: {w}")).collect()))
+}
+
+/// Runs motion correction on `exec`, with a progress bar.
+fn run_motion(job: &MotionJob, exec: &AnyExecutor, ui: &Ui) -> Result<MotionResult> {
+    let bar = ui.frames_bar(0, "motion");
+    let res = motion_correct(job, exec, &mut |pass, done, total| {
+        bar.set_message(pass.to_string());
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("motion correction of {}", job.inputs[0].display()))?;
+    bar.finish_and_clear();
+    Ok(res)
+}
+
+/// The three pictures (two without motion shifts), written next to `output`.
+fn write_figures(
+    output: &Path,
+    cn: &ndarray::Array3<f64>,
+    est: &Estimates,
+    shifts: Option<&Array2<f64>>,
+) -> Result<Vec<PathBuf>> {
+    let dims: Dims = est.dims;
+    let plane = dims.d3 / 2;
+    let cn2 = cn.index_axis(Axis(2), plane.min(cn.dim().2.saturating_sub(1))).mapv(|v| v as f32);
+    let accepted: Vec<usize> = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
+    let is_acc = {
+        let mut v = vec![false; est.n_components()];
+        for &k in &accepted {
+            if k < v.len() {
+                v[k] = true;
+            }
+        }
+        v
+    };
+    let masks: Vec<(Array2<bool>, bool)> =
+        (0..est.n_components()).map(|k| (figures::footprint_mask(&est.a, k, dims, plane, 0.2), is_acc[k])).collect();
+    let zoom = figures::zoom_for(dims.d1, dims.d2);
+    let mut out = Vec::new();
+    let p = beside(output, "_contours.png");
+    out.push(figures::contours(cn2.view(), &masks, zoom).save(&p).with_context(|| format!("writing {}", p.display()))?);
+    // Up to 12 accepted components with the highest SNR (CaImAn's `SNR_comp`; index order without).
+    let mut ranked = accepted.clone();
+    if let Some(snr) = &est.snr_comp {
+        ranked.sort_by(|&a, &b| snr[b].total_cmp(&snr[a]).then(a.cmp(&b)));
+    }
+    ranked.truncate(12);
+    let src = est.f_dff.as_ref().unwrap_or(&est.c);
+    let rows = src.select(Axis(0), &ranked);
+    let width = est.frames().clamp(400, 1600);
+    let p = beside(output, "_traces.png");
+    out.push(figures::traces(rows.view(), width, 60).save(&p).with_context(|| format!("writing {}", p.display()))?);
+    if let Some(s) = shifts {
+        let p = beside(output, "_shifts.png");
+        let w = s.nrows().clamp(400, 1600);
+        out.push(figures::shifts(s.view(), w, 240).save(&p).with_context(|| format!("writing {}", p.display()))?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
+    let started = Instant::now();
+    let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !matches!(ext, "hdf5" | "h5") {
+        bail!("{}: the results file must end in .hdf5 or .h5 (CaImAn's CNMF.save layout)", args.output.display());
+    }
+    if let Some(dir) = args.output.parent().filter(|p| !p.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        bail!("{}: the output directory does not exist", dir.display());
+    }
+    let open = OpenOptions { dataset: args.dataset.clone(), ..Default::default() };
+    // Check the inputs and both parameter groups before any work.
+    let shape: Shape = ChainSource::open(&args.movies, &open)
+        .with_context(|| format!("opening {}", args.movies[0].display()))?
+        .info()
+        .shape;
+    let (mparams, mut warnings) = motion_params(args.params.as_deref())?;
+    let (cparams, cwarn) = load_params(args.params.as_deref(), shape.dims, shape.frames)?;
+    warnings.extend(cwarn);
+    let base = scratch_base(args.scratch.as_deref(), &args.output);
+    let tmp = tempfile::Builder::new()
+        .prefix(".caiman-pipeline-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a scratch directory in {}", base.display()))?;
+    let scratch = tmp.path().to_path_buf();
+    let backend = args.exec.backend();
+    let exec = backend.build()?;
+    let mut stages = Vec::new();
+    let block_bytes = args.transpose_mib.max(1) << 20;
+
+    // 1. Motion correction, 2. the C-order copy.
+    let (motion, c_path, input_is_c) = if args.no_motion {
+        let t0 = Instant::now();
+        let (path, is_input) = c_order_input(&args.movies, &open, &scratch, block_bytes, ui)?;
+        stage(&mut stages, "transpose", t0, 0);
+        (None, path, is_input)
+    } else {
+        let t0 = Instant::now();
+        let job = MotionJob {
+            inputs: args.movies.clone(),
+            open: open.clone(),
+            output: scratch.join("corrected.mmap"),
+            params: mparams.clone(),
+            template: None,
+        };
+        let res = run_motion(&job, &exec, ui)?;
+        stage(&mut stages, "motion", t0, 0);
+        let t0 = Instant::now();
+        let border = if mparams.border_nan == BorderNan::Copy { 0 } else { res.border_to_0 };
+        let bar = ui.items_bar(0, "transpose", "blocks");
+        let path = caiman_io::mmap::transpose_f_to_c(
+            &res.output,
+            &scratch.join("movie"),
+            border,
+            block_bytes,
+            &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
+        )?;
+        bar.finish_and_clear();
+        stage(&mut stages, "transpose", t0, 0);
+        (Some(res), path, false)
+    };
+
+    // 3. Summary images of the corrected movie (the correlation image).
+    let t0 = Instant::now();
+    let bar = ui.items_bar(1, "summary", "passes");
+    let (summary_src, summary_open) = match &motion {
+        Some(m) => (m.output.clone(), OpenOptions::default()),
+        None => (c_path.clone(), OpenOptions::default()),
+    };
+    let opts = SummaryOptions { fft: false, median_window: None, ..Default::default() };
+    let images = summary_images(&summary_src, &summary_open, &opts, &exec)
+        .with_context(|| format!("summary images of {}", summary_src.display()))?;
+    bar.finish_and_clear();
+    stage(&mut stages, "summary", t0, 0);
+
+    // 4. CNMF on the C-order copy, then the results files.
+    let movie = MovieYr::open(&c_path, None, false, &scratch)?;
+    let fov = movie.fov()?;
+    let mmap_file = (input_is_c || args.keep_intermediates).then(|| c_path.display().to_string());
+    let run = run_cnmf(&fov, cparams, false, &exec, ui, mmap_file)?;
+    stages.extend(run.report.stages.iter().cloned());
+    let workers = exec.workers();
+    drop(movie);
+    drop(exec);
+    let t0 = Instant::now();
+    save_cnmf(&args.output, &run.results).with_context(|| format!("saving {}", args.output.display()))?;
+    let motion_results = match &motion {
+        Some(m) => {
+            let p = beside(&args.output, "_motion.h5");
+            Some(m.save_hdf5(&p).with_context(|| format!("saving {}", p.display()))?)
+        }
+        None => None,
+    };
+    let est = &run.results.estimates;
+    stage(&mut stages, "save", t0, est.n_components());
+
+    // 5. Pictures.
+    let t0 = Instant::now();
+    let bar = ui.items_bar(1, "figures", "pages");
+    let pngs = write_figures(&args.output, &images.cn, est, motion.as_ref().map(|m| &m.shifts_rig))?;
+    bar.finish_and_clear();
+    stage(&mut stages, "figures", t0, est.n_components());
+
+    let intermediates = if args.keep_intermediates {
+        Some(tmp.keep())
+    } else {
+        tmp.close().with_context(|| format!("removing the scratch directory {}", scratch.display()))?;
+        None
+    };
+    let summary = Summary {
+        output: args.output.clone(),
+        motion_results,
+        pngs,
+        intermediates,
+        movies: args.movies.clone(),
+        frames: shape.frames,
+        dims: shape.dims.to_string(),
+        backend: format!("{backend} ({workers} workers)"),
+        pw_rigid: !args.no_motion && mparams.pw_rigid,
+        components: est.n_components(),
+        accepted: est.idx_components.as_ref().map(Vec::len),
+        rejected: est.idx_components_bad.as_ref().map(Vec::len),
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_mib: caiman_parallel::peak_rss_kib() as f64 / 1024.0,
+        stages,
+        warnings,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if !ui.quiet() {
+        let acc = match (summary.accepted, summary.rejected) {
+            (Some(a), Some(r)) => format!(", {a} accepted, {r} rejected"),
+            _ => String::new(),
+        };
+        println!(
+            "pipeline on {} frames of {}: {} components{acc} in {:.2} s ({}), peak {:.0} MiB",
+            summary.frames, summary.dims, summary.components, summary.seconds, summary.backend, summary.peak_rss_mib
+        );
+        for s in &summary.stages {
+            println!("  {:<18} {:>8.3} s  {:>4} components", s.stage, s.seconds, s.components);
+        }
+        println!("{}", summary.output.display());
+        for p in summary.motion_results.iter().chain(&summary.pngs).chain(&summary.intermediates) {
+            println!("{}", p.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caiman_io::mmap::MmapSource;
+
+    /// The transpose against the F-order file's own `Yr` view, with blocks and tiles that do not
+    /// divide the movie, and the border zeroed.
+    #[test]
+    fn f_to_c_order_copies_every_pixel_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d1, d2, t) = (7usize, 5usize, 131usize);
+        let shape = Shape::new(t, Dims::planar(d1, d2));
+        let mut w = caiman_io::create(
+            dir.path().join("f.mmap"),
+            shape,
+            &WriteOptions { order: Order::F, ..Default::default() },
+        )
+        .unwrap();
+        let frames: Vec<f32> = (0..t * d1 * d2).map(|i| (i as f32 * 0.37).sin() * 100.0 + i as f32).collect();
+        w.write_frames(&frames).unwrap();
+        let f_path = w.finish().unwrap();
+        for (block, border) in [(4 * t * 3, 0), (4 * t * 35, 1), (1, 2)] {
+            let c_path = caiman_io::mmap::transpose_f_to_c(
+                &f_path,
+                &dir.path().join(format!("c{block}")),
+                border,
+                block,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let (f, c) = (MmapSource::open(&f_path).unwrap(), MmapSource::open(&c_path).unwrap());
+            assert_eq!(c.order(), Order::C);
+            let (fy, cy) = (f.yr(), c.yr());
+            assert_eq!(fy.dim(), cy.dim());
+            for p in 0..d1 * d2 {
+                let (i, j) = (p % d1, p / d1);
+                let edge = border > 0 && (i < border || j < border || i + border >= d1 || j + border >= d2);
+                for s in 0..t {
+                    let want = if edge { 0.0 } else { fy[[p, s]] };
+                    assert_eq!(cy[[p, s]].to_bits(), want.to_bits(), "pixel {p} frame {s} block {block}");
+                }
+            }
+        }
+    }
+}
