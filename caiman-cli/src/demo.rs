@@ -16,6 +16,8 @@ use anyhow::{Result, bail};
 use caiman_io::synth::{truth_path, write_movie_to};
 use caiman_io::{FrameSource, OpenOptions, Order, Shape, TiffSample, WriteOptions, copy_frames, create, open};
 
+use caiman_cnmf::stats::pearson;
+
 use crate::progress::Ui;
 use crate::synth::{params_from, parse_size};
 
@@ -308,18 +310,6 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        sab += (x - ma) * (y - mb);
-        saa += (x - ma).powi(2);
-        sbb += (y - mb).powi(2);
-    }
-    sab / (saa * sbb).sqrt()
-}
-
 /// Median of the correlation image at the (offset) centres of neurons inside the field of view,
 /// and median over pixels farther than 2 σ from every neuron.
 fn cn_contrast(
@@ -421,44 +411,18 @@ fn demo_cnmf_params(
 }
 
 /// F1, precision, recall of the accepted components against the ground-truth neurons centred in
-/// the field of view (masks: pixels above 20 % of each footprint's peak; IoU matching with
-/// CaImAn's defaults), the number of such neurons, and the median correlation of matched traces.
+/// the field of view (`caiman_cnmf::matching::score_against_truth`), the number of such neurons,
+/// and the median correlation of matched traces.
 fn cnmf_vs_truth(
     est: &caiman_cnmf::estimates::Estimates,
     accepted: &[usize],
     truth: &caiman_io::synth::GroundTruth,
     off: [isize; 2],
 ) -> Result<(f64, f64, f64, usize, f64)> {
-    use caiman_cnmf::matching::{binary_masks, nf_match_neurons_in_binary_masks};
-    let dims = est.dims;
-    let gt_idx: Vec<usize> = (0..truth.n_neurons()).filter(|&k| truth.in_fov[k]).collect();
-    let mut gt_masks = Vec::with_capacity(gt_idx.len());
-    for &k in &gt_idx {
-        let (rows, vals) = truth.a.column(k);
-        let peak = vals.iter().fold(0f32, |m, &v| m.max(v));
-        let mut mask = vec![false; dims.pixels()];
-        for (&p, &v) in rows.iter().zip(vals) {
-            let (i, j) = ((p as usize % dims.d1) as isize + off[0], (p as usize / dims.d1) as isize + off[1]);
-            if v > 0.2 * peak && i >= 0 && j >= 0 && (i as usize) < dims.d1 && (j as usize) < dims.d2 {
-                mask[i as usize + dims.d1 * j as usize] = true;
-            }
-        }
-        gt_masks.push(mask);
-    }
     let ours = est.subset(accepted);
-    let our_masks = binary_masks(&ours.a, 0.2);
-    let m = nf_match_neurons_in_binary_masks(&gt_masks, &our_masks, dims, 0.7, 10.0)?;
-    let mut corrs: Vec<f64> = m
-        .tp_gt
-        .iter()
-        .zip(&m.tp_comp)
-        .map(|(&g, &c)| {
-            let t: Vec<f64> = truth.c.row(gt_idx[g]).iter().map(|&v| f64::from(v)).collect();
-            pearson(&ours.c.row(c).to_vec(), &t)
-        })
-        .collect();
-    let corr = if corrs.is_empty() { f64::NAN } else { median(&mut corrs) };
-    Ok((m.f1, m.precision, m.recall, gt_idx.len(), corr))
+    let s = caiman_cnmf::matching::score_against_truth(&ours.a, ours.c.view(), truth, off)?;
+    let m = &s.matching;
+    Ok((m.f1, m.precision, m.recall, s.gt_neurons.len(), s.median_trace_corr))
 }
 
 /// Move the demo files out of the temporary directory (which is removed on return).

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use caiman_cnmf::estimates::Estimates;
-use caiman_cnmf::matching::{binary_masks, nf_match_neurons_in_binary_masks};
+use caiman_cnmf::matching::score_against_truth;
 use caiman_cnmf::results::load_cnmf;
 use caiman_io::synth::GroundTruth;
 use common::{assert_one_line_error, caiman, stderr, stdout};
@@ -66,25 +66,11 @@ fn template_offset(motion_h5: &Path, truth: &GroundTruth) -> [isize; 2] {
 }
 
 /// F1 (and precision, recall) of the accepted components against the ground-truth neurons
-/// centred in the field of view: masks above 20 % of each footprint's peak, CaImAn's
-/// `nf_match_neurons_in_binary_masks` with its defaults (cost 0.7, distance 10).
+/// centred in the field of view (`score_against_truth`: masks above 20 % of each footprint's
+/// peak, CaImAn's `nf_match_neurons_in_binary_masks` with its defaults).
 fn f1_vs_truth(est: &Estimates, truth: &GroundTruth, off: [isize; 2]) -> (f64, f64, f64) {
-    let dims = est.dims;
-    let mut gt = Vec::new();
-    for k in (0..truth.n_neurons()).filter(|&k| truth.in_fov[k]) {
-        let (rows, vals) = truth.a.column(k);
-        let peak = vals.iter().fold(0f32, |m, &v| m.max(v));
-        let mut mask = vec![false; dims.pixels()];
-        for (&p, &v) in rows.iter().zip(vals) {
-            let (i, j) = ((p as usize % dims.d1) as isize + off[0], (p as usize / dims.d1) as isize + off[1]);
-            if v > 0.2 * peak && i >= 0 && j >= 0 && (i as usize) < dims.d1 && (j as usize) < dims.d2 {
-                mask[i as usize + dims.d1 * j as usize] = true;
-            }
-        }
-        gt.push(mask);
-    }
     let ours = est.subset(est.idx_components.as_deref().unwrap());
-    let m = nf_match_neurons_in_binary_masks(&gt, &binary_masks(&ours.a, 0.2), dims, 0.7, 10.0).unwrap();
+    let m = score_against_truth(&ours.a, ours.c.view(), truth, off).unwrap().matching;
     (m.f1, m.precision, m.recall)
 }
 
@@ -224,4 +210,45 @@ fn bad_input_is_one_error_line_and_leaves_nothing() {
     let mut after = entries(dir.path());
     after.retain(|n| !before.contains(n) && !n.ends_with(".json"));
     assert!(after.is_empty(), "{after:?}");
+}
+
+/// Scores a results file of a run on a synthetic movie (not part of the suite): set
+/// `CAIMAN_SCORE_RESULTS` (results .hdf5), `CAIMAN_SCORE_TRUTH` (the movie's `_gt.npz`) and
+/// `CAIMAN_SCORE_MOTION` (its `_motion.h5`, optional) and run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn score_a_results_file_against_its_ground_truth() {
+    let (Ok(res), Ok(gt)) = (std::env::var("CAIMAN_SCORE_RESULTS"), std::env::var("CAIMAN_SCORE_TRUTH")) else {
+        return;
+    };
+    let truth = GroundTruth::load(Path::new(&gt)).unwrap();
+    let est = caiman_cnmf::results::load_cnmf(Path::new(&res)).unwrap().0.estimates;
+    let off = match std::env::var("CAIMAN_SCORE_MOTION") {
+        Ok(m) => {
+            let (shape, s) = caiman_io::h5::H5File::open(Path::new(&m)).unwrap().read_f64("shifts_rig").unwrap();
+            std::array::from_fn(|ax| {
+                let mut d: Vec<f64> = (0..shape[0]).map(|t| s[t * 2 + ax] - truth.shift_to_apply(t)[ax]).collect();
+                median(&mut d).round() as isize
+            })
+        }
+        Err(_) => [0, 0],
+    };
+    let acc = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
+    let ours = est.subset(&acc);
+    let s = score_against_truth(&ours.a, ours.c.view(), &truth, off).unwrap();
+    let m = &s.matching;
+    eprintln!(
+        "{} components, {} accepted; {} ground-truth neurons; TP {} FP {} FN {}; precision {:.3} recall {:.3} F1 {:.3}; \
+         median trace correlation {:.3} (offset {off:?})",
+        est.n_components(),
+        acc.len(),
+        s.gt_neurons.len(),
+        m.tp_gt.len(),
+        m.fp_comp.len(),
+        m.fn_gt.len(),
+        m.precision,
+        m.recall,
+        m.f1,
+        s.median_trace_corr
+    );
 }

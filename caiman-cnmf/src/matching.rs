@@ -30,6 +30,7 @@ use caiman_io::Dims;
 use ndarray::{Array2, ArrayView2};
 
 use crate::sparse::CscMatrix;
+use crate::stats::pearson;
 use crate::{Error, Result};
 
 /// `scipy.optimize.linear_sum_assignment(cost)`: the assignment of rows to columns of a
@@ -321,4 +322,97 @@ pub fn match_by_correlation(a_ref: &CscMatrix, a_est: &CscMatrix) -> Result<Vec<
     let cost = corr.mapv(|c| if c.is_nan() { 1.0 } else { 1.0 - c });
     let pairs = linear_sum_assignment(cost.view())?;
     Ok(pairs.into_iter().map(|(i, j)| (i, j, corr[[i, j]])).collect())
+}
+
+/// How the accepted components of a fit compare with a synthetic movie's ground truth
+/// ([`score_against_truth`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruthScore {
+    /// The mask matching (ground truth = the neurons centred in the field of view).
+    pub matching: MatchResult,
+    /// Ground-truth neurons centred in the field of view, by index into the truth.
+    pub gt_neurons: Vec<usize>,
+    /// Pearson correlation of each matched component's trace with its neuron's calcium (in the
+    /// order of `matching.tp_gt`).
+    pub trace_corr: Vec<f64>,
+    /// Median of `trace_corr` (NaN when nothing matched).
+    pub median_trace_corr: f64,
+}
+
+/// Binary masks of the ground-truth neurons centred in the field of view (`truth.in_fov`): pixels
+/// above `thr` of each footprint's peak, moved by `offset` (rows, columns; where the corrected
+/// movie's template put the scene) and clipped to the frame.
+pub fn truth_masks(
+    truth: &caiman_io::synth::GroundTruth,
+    offset: [isize; 2],
+    thr: f64,
+) -> (Vec<usize>, Vec<Vec<bool>>) {
+    let dims = truth.dims();
+    let idx: Vec<usize> = (0..truth.n_neurons()).filter(|&k| truth.in_fov[k]).collect();
+    let masks = idx
+        .iter()
+        .map(|&k| {
+            let (rows, vals) = truth.a.column(k);
+            let peak = vals.iter().fold(0f32, |m, &v| m.max(v));
+            let mut mask = vec![false; dims.pixels()];
+            for (&p, &v) in rows.iter().zip(vals) {
+                let p = p as usize;
+                let (i, j) = ((p % dims.d1) as isize + offset[0], (p / dims.d1) as isize + offset[1]);
+                if f64::from(v) > thr * f64::from(peak)
+                    && i >= 0
+                    && j >= 0
+                    && (i as usize) < dims.d1
+                    && (j as usize) < dims.d2
+                {
+                    mask[i as usize + dims.d1 * j as usize] = true;
+                }
+            }
+            mask
+        })
+        .collect();
+    (idx, masks)
+}
+
+/// Scores components `a` (footprints, `d × K`) with traces `c` (`K × T`) against a synthetic
+/// movie's ground truth: masks above 20 % of each footprint's peak on both sides, CaImAn's
+/// `nf_match_neurons_in_binary_masks` with its defaults (cost 0.7, centroid distance 10 px), and
+/// the correlation of every matched trace with the true calcium. `offset` is where the scene sits
+/// in the (motion-corrected) movie.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] if the footprints do not have the truth's pixel count or `c` does not
+/// have one row per footprint and the truth's frame count; errors of the matching.
+pub fn score_against_truth(
+    a: &CscMatrix,
+    c: ArrayView2<'_, f64>,
+    truth: &caiman_io::synth::GroundTruth,
+    offset: [isize; 2],
+) -> Result<TruthScore> {
+    let dims = truth.dims();
+    if a.nrows() != dims.pixels() || c.nrows() != a.ncols() || (c.nrows() > 0 && c.ncols() != truth.frames()) {
+        return Err(Error::ShapeMismatch {
+            what: "components vs ground truth (pixels, components, frames)",
+            expected: vec![dims.pixels(), a.ncols(), truth.frames()],
+            got: vec![a.nrows(), c.nrows(), c.ncols()],
+        });
+    }
+    let (gt_neurons, gt) = truth_masks(truth, offset, 0.2);
+    let matching = nf_match_neurons_in_binary_masks(&gt, &binary_masks(a, 0.2), dims, 0.7, 10.0)?;
+    let trace_corr: Vec<f64> = matching
+        .tp_gt
+        .iter()
+        .zip(&matching.tp_comp)
+        .map(|(&g, &k)| {
+            let t: Vec<f64> = truth.c.row(gt_neurons[g]).iter().map(|&v| f64::from(v)).collect();
+            pearson(&c.row(k).to_vec(), &t)
+        })
+        .collect();
+    let mut sorted: Vec<f64> = trace_corr.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median_trace_corr = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]),
+    };
+    Ok(TruthScore { matching, gt_neurons, trace_corr, median_trace_corr })
 }

@@ -47,6 +47,7 @@ use crate::foopsi::{TraceOverrides, deconvolve_traces_with};
 use crate::params::{MergingParams, TemporalParams};
 use crate::pixels::Fov;
 use crate::sparse::CscMatrix;
+use crate::stats::pearson;
 use crate::temporal::{RowLists, foopsi_options, gram};
 
 /// What [`merge_components`] returns.
@@ -68,24 +69,6 @@ pub struct MergeCandidate {
     pub members: Vec<usize>,
     /// Sum of the trace correlations of the overlapping member pairs (the merge priority).
     pub score: f64,
-}
-
-/// Pearson correlation as `scipy.stats.pearsonr` (NaN when a series is constant).
-fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len() as f64;
-    let mx = x.iter().sum::<f64>() / n;
-    let my = y.iter().sum::<f64>() / n;
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (&a, &b) in x.iter().zip(y) {
-        let (da, db) = (a - mx, b - my);
-        sxy += da * db;
-        sxx += da * da;
-        syy += db * db;
-    }
-    if sxx == 0.0 || syy == 0.0 {
-        return f64::NAN;
-    }
-    (sxy / (sxx.sqrt() * syy.sqrt())).clamp(-1.0, 1.0)
 }
 
 fn find(parent: &mut [usize], mut i: usize) -> usize {
