@@ -34,6 +34,8 @@
 //! 388 kB, too big to copy); skipped with a message when the movie is absent.
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use caiman_cnmf::cnmf::run_pipeline;
@@ -91,19 +93,6 @@ fn columns(a: &CscMatrix, keep: &[usize]) -> CscMatrix {
     CscMatrix::from_parts(a.nrows(), keep.len(), indptr, indices, data).unwrap()
 }
 
-/// Pearson correlation (two-pass, f64); NaN for a constant series.
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        sab += (x - ma) * (y - mb);
-        saa += (x - ma) * (x - ma);
-        sbb += (y - mb) * (y - mb);
-    }
-    sab / (saa * sbb).sqrt()
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
     if s.is_empty() {
@@ -136,27 +125,6 @@ fn ground_truth() -> GroundTruth {
     GroundTruth { a, c, in_fov, frac_in_fov }
 }
 
-/// `Yr` (pixels in Fortran order × frames) of the movie, plus `float32(0.0001)` as CaImAn's
-/// memmap.
-fn load_yr(path: &Path) -> (Dims, Array2<f32>) {
-    let mut src = caiman_io::open(path, &caiman_io::OpenOptions::default()).expect("open the movie");
-    let shape = src.info().shape;
-    let dims = shape.dims;
-    assert_eq!(dims.d3, 1, "planar movie expected");
-    let (d1, d2, t) = (dims.d1, dims.d2, shape.frames);
-    let mut buf = vec![0f32; d1 * d2 * t];
-    src.read_frames(0, &mut buf).expect("read the movie");
-    let mut yr = Array2::<f32>::zeros((d1 * d2, t));
-    for (f, frame) in buf.chunks_exact(d1 * d2).enumerate() {
-        for i in 0..d1 {
-            for j in 0..d2 {
-                yr[[i + d1 * j, f]] = frame[i * d2 + j] + 0.0001f32;
-            }
-        }
-    }
-    (dims, yr)
-}
-
 /// Matching of `comp` footprints against the ground-truth footprints `gt` (masks at `thr`).
 fn score(gt: &CscMatrix, comp: &CscMatrix, dims: Dims, thr: f64) -> MatchResult {
     nf_match_neurons_in_binary_masks(&binary_masks(gt, thr), &binary_masks(comp, thr), dims, THRESH_COST, MIN_DIST)
@@ -165,7 +133,7 @@ fn score(gt: &CscMatrix, comp: &CscMatrix, dims: Dims, thr: f64) -> MatchResult 
 
 /// Trace correlations of the true positives (`gt row`, `comp row` of the accepted set).
 fn tp_trace_corrs(m: &MatchResult, gt_c: &Array2<f64>, c: &Array2<f64>) -> Vec<f64> {
-    m.tp_gt.iter().zip(&m.tp_comp).map(|(&g, &k)| pearson(&gt_c.row(g).to_vec(), &c.row(k).to_vec())).collect()
+    m.tp_gt.iter().zip(&m.tp_comp).map(|(&g, &k)| common::corr(&gt_c.row(g).to_vec(), &c.row(k).to_vec())).collect()
 }
 
 fn params() -> CnmfParams {
@@ -195,7 +163,7 @@ fn single_fov_pipeline_finds_ground_truth_at_least_as_well_as_caiman() {
         eprintln!("SKIPPED: {} is absent (CaImAn reference movie)", movie.display());
         return;
     }
-    let (dims, yr) = load_yr(&movie);
+    let (dims, yr) = common::caiman_memmap_yr(&movie);
     assert_eq!((dims.d1, dims.d2, yr.ncols()), (128, 128, 1000));
     let gt = ground_truth();
     let gt_idx: Vec<usize> = (0..gt.in_fov.len()).filter(|&i| gt.in_fov[i]).collect();
@@ -336,7 +304,7 @@ fn patch_pipeline_with_caimans_parameters_matches_or_beats_caiman() {
         eprintln!("SKIPPED: {} is absent (CaImAn reference movie)", movie.display());
         return;
     }
-    let (dims, yr) = load_yr(&movie);
+    let (dims, yr) = common::caiman_memmap_yr(&movie);
     let gt = ground_truth();
     let gt_idx: Vec<usize> = (0..gt.in_fov.len()).filter(|&i| gt.in_fov[i]).collect();
     let gt_a = columns(&gt.a, &gt_idx);

@@ -388,24 +388,6 @@ fn ref_npy(name: &str) -> caiman_io::npy::NpyArray {
     caiman_io::npy::read_npy(Path::new(REF).join(name)).unwrap()
 }
 
-fn load_yr(path: &Path) -> (Dims, Array2<f32>) {
-    let mut src = caiman_io::open(path, &caiman_io::OpenOptions::default()).expect("open the movie");
-    let shape = src.info().shape;
-    let dims = shape.dims;
-    let (d1, d2, t) = (dims.d1, dims.d2, shape.frames);
-    let mut buf = vec![0f32; d1 * d2 * t];
-    src.read_frames(0, &mut buf).expect("read the movie");
-    let mut yr = Array2::<f32>::zeros((d1 * d2, t));
-    for (f, frame) in buf.chunks_exact(d1 * d2).enumerate() {
-        for i in 0..d1 {
-            for j in 0..d2 {
-                yr[[i + d1 * j, f]] = frame[i * d2 + j] + 0.0001f32;
-            }
-        }
-    }
-    (dims, yr)
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -419,7 +401,7 @@ fn reference_movie_patch_fit_matches_caiman() {
         eprintln!("SKIPPED: {} is absent (CaImAn reference movie)", movie.display());
         return;
     }
-    let (dims, yr) = load_yr(&movie);
+    let (dims, yr) = common::caiman_memmap_yr(&movie);
     let text = std::fs::read_to_string(Path::new(REF).join("cnmf_params_input.json")).unwrap();
     let (params, _) = CnmfParams::from_caiman_json(&text).unwrap();
     let fov = Fov::new(dims, yr.view()).unwrap();

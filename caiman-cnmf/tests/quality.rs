@@ -5,6 +5,8 @@
 //! table (NaN included), eccentricity of analytic shapes, executors and bad input.
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +20,7 @@ use caiman_cnmf::quality::{
     select_components_from_metrics,
 };
 use caiman_cnmf::sparse::CscMatrix;
-use caiman_io::{Dims, Movie, OpenOptions, Shape};
+use caiman_io::Dims;
 use caiman_parallel::{Linear, Task, TaskCtx, Threads};
 use ndarray::{Array2, s};
 use proptest::prelude::*;
@@ -507,18 +509,6 @@ fn reference_movie() -> Option<PathBuf> {
     }
 }
 
-/// `Yr` of the movie as CaImAn's memmap holds it: movie + float32(0.0001).
-fn reference_yr(path: &Path) -> (Dims, Array2<f32>) {
-    let mut src = caiman_io::open(path, &OpenOptions::default()).unwrap();
-    let shape: Shape = src.info().shape;
-    let mut buf = vec![0f32; shape.frames * shape.dims.pixels()];
-    src.read_frames(0, &mut buf).unwrap();
-    let movie = Movie::from_vec(shape, buf);
-    let mut yr = movie.to_yr();
-    yr.mapv_inplace(|v| v + 0.0001f32);
-    (shape.dims, yr)
-}
-
 fn refit_estimates(dims: Dims) -> Estimates {
     let (_, shape) = npy(&format!("{CNMF_REF}/refit_A_shape.npy"));
     let (_, indptr) = npy(&format!("{CNMF_REF}/refit_A_indptr.npy"));
@@ -548,7 +538,7 @@ fn refit_params() -> CnmfParams {
 #[test]
 fn refit_evaluation_matches_caiman() {
     let Some(movie) = reference_movie() else { return };
-    let (dims, yr) = reference_yr(&movie);
+    let (dims, yr) = common::caiman_memmap_yr(&movie);
     let params = refit_params();
     assert!(!params.quality.use_cnn);
     assert_eq!((params.quality.min_snr, params.quality.rval_thr), (2.0, 0.85));

@@ -1063,21 +1063,8 @@ fn refit_reference_movie() {
         eprintln!("SKIP refit_reference_movie: shared/reference/cnmf not found");
         return;
     }
-    let mut src = caiman_io::open(&path, &caiman_io::OpenOptions::default()).unwrap();
-    let shape = src.info().shape;
-    let (t, d1, d2) = (shape.frames, shape.dims.d1, shape.dims.d2);
-    let mut buf = vec![0f32; t * d1 * d2];
-    src.read_frames(0, &mut buf).unwrap();
     // CaImAn sees the memmap: movie + float32(0.0001).
-    let mut yr = Array2::<f32>::zeros((d1 * d2, t));
-    for s in 0..t {
-        for i in 0..d1 {
-            for j in 0..d2 {
-                yr[(i + d1 * j, s)] = buf[s * d1 * d2 + i * d2 + j] + 0.0001f32;
-            }
-        }
-    }
-    let dims = Dims::planar(d1, d2);
+    let (dims, yr) = common::caiman_memmap_yr(&path);
     let fov = Fov::new(dims, yr.view()).unwrap();
     let a_ref = common::npy_csc(reference("").as_path(), "refit_A");
     // CaImAn's last spatial update ran on the traces of a temporal update with p = 0, i.e. the

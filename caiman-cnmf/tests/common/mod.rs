@@ -54,3 +54,13 @@ pub(crate) fn npy_csc(dir: &std::path::Path, prefix: &str) -> caiman_cnmf::spars
     )
     .unwrap()
 }
+
+/// `Yr` (pixels in Fortran order × frames) of a movie file as CaImAn's pipeline memmap holds it:
+/// the movie plus `float32(0.0001)`, which `save_memmap` adds.
+pub(crate) fn caiman_memmap_yr(path: &std::path::Path) -> (caiman_io::Dims, ndarray::Array2<f32>) {
+    let mut src = caiman_io::open(path, &caiman_io::OpenOptions::default()).expect("open the movie");
+    let dims = src.info().shape.dims;
+    let mut yr = caiman_io::read_yr(src.as_mut()).expect("read the movie");
+    yr.mapv_inplace(|v| v + 0.0001f32);
+    (dims, yr)
+}
