@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use caiman_cnmf::cnmf::{FitReport, StageReport, compute_dff, fit, refit};
+use caiman_cnmf::cnmf::{FitReport, StageReport, fit, run_pipeline_with};
 use caiman_cnmf::params::CnmfParams;
 use caiman_cnmf::pixels::Fov;
 use caiman_cnmf::results::{CnmfResults, save_cnmf};
@@ -161,39 +161,17 @@ pub(crate) fn run_cnmf(
 ) -> Result<CnmfRun> {
     let steps = if no_refit { 1 } else { 4 };
     let bar = ui.items_bar(steps, "cnmf", "steps");
-    let (est, mut report) = fit(fov, &params, exec).context("CNMF fit")?;
-    bar.inc(1);
-    let (est, params) = if no_refit {
-        (est, params)
+    let (est, params, report) = if no_refit {
+        let (est, report) = fit(fov, &params, exec).context("CNMF fit")?;
+        (est, params, report)
     } else {
-        let (mut est, params, r2) = refit(fov, &params, &est, exec).context("CNMF refit")?;
-        report.extend(r2);
-        bar.inc(1);
-        let t0 = Instant::now();
-        let stats =
-            caiman_cnmf::quality::evaluate_components(fov, &mut est, &params, exec).context("component evaluation")?;
-        push(&mut report, "evaluate", t0, est.n_components(), stats.peak_rss.workers_sum_kib);
-        bar.inc(1);
-        let t0 = Instant::now();
-        compute_dff(&mut est, exec).context("ΔF/F")?;
-        push(&mut report, "dff", t0, est.n_components(), 0);
-        bar.inc(1);
-        (est, params)
+        let out = run_pipeline_with(fov, &params, exec, &mut |_| bar.inc(1))
+            .context("CNMF (fit, refit, evaluation, ΔF/F)")?;
+        (out.estimates, out.params, out.report)
     };
     bar.finish_and_clear();
-    let results =
-        CnmfResults { params, estimates: est, mmap_file, skip_refinement: false, remove_very_bad_comps: false };
+    let results = CnmfResults { mmap_file, ..CnmfResults::new(params, est) };
     Ok(CnmfRun { results, report, warnings: Vec::new() })
-}
-
-fn push(report: &mut FitReport, stage: &str, t0: Instant, components: usize, workers: u64) {
-    report.stages.push(StageReport {
-        stage: stage.to_owned(),
-        seconds: t0.elapsed().as_secs_f64(),
-        peak_rss_kib: caiman_parallel::peak_rss_kib(),
-        worker_peak_rss_kib: workers,
-        components,
-    });
 }
 
 pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {

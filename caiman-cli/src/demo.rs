@@ -182,7 +182,8 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         template: None,
     };
     let backend = crate::exec_args::backend_from(None, None, None);
-    let (mc, secs) = crate::motion::run_motion(&job, &backend, ui)?;
+    let exec = backend.build()?;
+    let (mc, secs) = crate::motion::run_motion(&job, &exec, ui)?;
     let truth_shifts: Vec<[f64; 2]> = (0..shape.frames).map(|t| truth.shift_to_apply(t)).collect();
     let err = shift_rms_error(&mc.shifts_rig, &truth_shifts);
     say(format!(
@@ -198,7 +199,6 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
 
     // 4. Summary images of the corrected movie, and OASIS on traces read through the true footprints.
     let offset = template_offset(&mc.shifts_rig, &truth_shifts);
-    let exec = backend.build()?;
     let summary_opts = caiman_cnmf::summary::SummaryOptions::default();
     let images = crate::summary::compute(&mc.output, &OpenOptions::default(), &summary_opts, 1 << 30, &exec, &|_| {})?;
     let pngs = crate::summary::write_pngs(&dir.join("demo_summary.h5"), &images)?;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use caiman_motion::{MotionJob, MotionParams, MotionResult, motion_correct};
-use caiman_parallel::Backend;
+use caiman_parallel::AnyExecutor;
 use serde::Serialize;
 
 use crate::exec_args::ExecArgs;
@@ -62,33 +62,36 @@ struct Summary<'a> {
     passes: &'a [caiman_motion::batch::PassStats],
 }
 
-pub(crate) fn load_params(file: Option<&PathBuf>) -> Result<MotionParams> {
-    let Some(f) = file else { return Ok(MotionParams::default()) };
-    let text = std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?;
-    let (p, warnings) = MotionParams::from_caiman_json(&text).with_context(|| format!("{}", f.display()))?;
-    for w in warnings {
-        tracing::warn!("{}: {w}", f.display());
-    }
-    Ok(p)
+/// CaImAn's `motion` group from a params file (defaults without one), with the warnings of the
+/// load (unknown keys, consistency changes).
+pub(crate) fn load_params(file: Option<&Path>) -> Result<(MotionParams, Vec<String>)> {
+    let Some(f) = file else { return Ok((MotionParams::default(), Vec::new())) };
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading parameters {}", f.display()))?;
+    let (p, warnings) = MotionParams::from_caiman_json(&text).with_context(|| format!("parameters {}", f.display()))?;
+    Ok((p, warnings))
 }
 
-pub(crate) fn run_motion(job: &MotionJob, backend: &Backend, ui: &Ui) -> Result<(MotionResult, f64)> {
-    let exec = backend.build()?;
+/// Runs motion correction on `exec` with a progress bar; returns the result and its seconds.
+pub(crate) fn run_motion(job: &MotionJob, exec: &AnyExecutor, ui: &Ui) -> Result<(MotionResult, f64)> {
     let bar = ui.frames_bar(0, "motion");
     let started = Instant::now();
-    let res = motion_correct(job, &exec, &mut |pass, done, total| {
+    let res = motion_correct(job, exec, &mut |pass, done, total| {
         bar.set_message(pass.to_string());
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
     .with_context(|| format!("motion correction of {}", job.inputs[0].display()))?;
     bar.finish_and_clear();
-    drop(exec);
     Ok((res, started.elapsed().as_secs_f64()))
 }
 
 pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
-    let mut params = load_params(args.params.as_ref())?;
+    let (mut params, warnings) = load_params(args.params.as_deref())?;
+    if let Some(f) = &args.params {
+        for w in warnings {
+            tracing::warn!("{}: {w}", f.display());
+        }
+    }
     if args.pw_rigid {
         params.pw_rigid = true;
     }
@@ -100,7 +103,9 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         params: params.clone(),
         template: None,
     };
-    let (res, seconds) = run_motion(&job, &backend, ui)?;
+    let exec = backend.build()?;
+    let (res, seconds) = run_motion(&job, &exec, ui)?;
+    drop(exec);
     let results = args.results.clone().unwrap_or_else(|| {
         let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "mc".into());
         args.output.with_file_name(format!("{stem}_motion.h5"))

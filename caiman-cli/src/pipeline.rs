@@ -27,14 +27,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use caiman_cnmf::cnmf::StageReport;
+use caiman_cnmf::cnmf::{FitReport, StageReport};
 use caiman_cnmf::estimates::Estimates;
 use caiman_cnmf::results::save_cnmf;
 use caiman_cnmf::summary::{SummaryOptions, summary_images};
 use caiman_io::mmap::MmapName;
 use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Order, Shape, WriteOptions};
-use caiman_motion::{BorderNan, MotionJob, MotionParams, MotionResult, motion_correct};
-use caiman_parallel::{AnyExecutor, Executor};
+use caiman_motion::{BorderNan, MotionJob};
+use caiman_parallel::Executor;
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 
@@ -101,14 +101,6 @@ struct Summary {
     warnings: Vec<String>,
 }
 
-/// Records a stage that started at `t0`.
-fn stage(stages: &mut Vec<StageReport>, name: &str, t0: Instant, components: usize) {
-    let seconds = t0.elapsed().as_secs_f64();
-    let peak_rss_kib = caiman_parallel::peak_rss_kib();
-    tracing::info!(stage = name, seconds, peak_rss_mib = peak_rss_kib as f64 / 1024.0, "pipeline stage done");
-    stages.push(StageReport { stage: name.to_owned(), seconds, peak_rss_kib, worker_peak_rss_kib: 0, components });
-}
-
 /// `<stem><suffix>` next to `output`.
 fn beside(output: &Path, suffix: &str) -> PathBuf {
     let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "results".into());
@@ -159,27 +151,6 @@ fn c_order_input(
         .with_context(|| format!("copying {} to a C-order memmap", movies[0].display()))?;
     bar.finish_and_clear();
     Ok((w.finish()?, false))
-}
-
-/// Motion parameters from the params file's `motion` group (defaults without a file).
-fn motion_params(file: Option<&Path>) -> Result<(MotionParams, Vec<String>)> {
-    let Some(f) = file else { return Ok((MotionParams::default(), Vec::new())) };
-    let text = std::fs::read_to_string(f).with_context(|| format!("reading parameters {}", f.display()))?;
-    let (p, w) = MotionParams::from_caiman_json(&text).with_context(|| format!("parameters {}", f.display()))?;
-    Ok((p, w.into_iter().map(|w| format!("motion: {w}")).collect()))
-}
-
-/// Runs motion correction on `exec`, with a progress bar.
-fn run_motion(job: &MotionJob, exec: &AnyExecutor, ui: &Ui) -> Result<MotionResult> {
-    let bar = ui.frames_bar(0, "motion");
-    let res = motion_correct(job, exec, &mut |pass, done, total| {
-        bar.set_message(pass.to_string());
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })
-    .with_context(|| format!("motion correction of {}", job.inputs[0].display()))?;
-    bar.finish_and_clear();
-    Ok(res)
 }
 
 /// The three pictures (two without motion shifts), written next to `output`.
@@ -244,7 +215,8 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         .with_context(|| format!("opening {}", args.movies[0].display()))?
         .info()
         .shape;
-    let (mparams, mut warnings) = motion_params(args.params.as_deref())?;
+    let (mparams, mwarn) = crate::motion::load_params(args.params.as_deref())?;
+    let mut warnings: Vec<String> = mwarn.into_iter().map(|w| format!("motion: {w}")).collect();
     let (cparams, cwarn) = load_params(args.params.as_deref(), shape.dims, shape.frames)?;
     warnings.extend(cwarn);
     let base = scratch_base(args.scratch.as_deref(), &args.output);
@@ -255,14 +227,14 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let scratch = tmp.path().to_path_buf();
     let backend = args.exec.backend();
     let exec = backend.build()?;
-    let mut stages = Vec::new();
+    let mut report = FitReport::default();
     let block_bytes = args.transpose_mib.max(1) << 20;
 
     // 1. Motion correction, 2. the C-order copy.
     let (motion, c_path, input_is_c) = if args.no_motion {
         let t0 = Instant::now();
         let (path, is_input) = c_order_input(&args.movies, &open, &scratch, block_bytes, ui)?;
-        stage(&mut stages, "transpose", t0, 0);
+        report.record("transpose", t0, 0, None);
         (None, path, is_input)
     } else {
         let t0 = Instant::now();
@@ -273,8 +245,8 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
             params: mparams.clone(),
             template: None,
         };
-        let res = run_motion(&job, &exec, ui)?;
-        stage(&mut stages, "motion", t0, 0);
+        let (res, _) = crate::motion::run_motion(&job, &exec, ui)?;
+        report.record("motion", t0, 0, None);
         let t0 = Instant::now();
         let border = if mparams.border_nan == BorderNan::Copy { 0 } else { res.border_to_0 };
         let bar = ui.items_bar(0, "transpose", "blocks");
@@ -289,7 +261,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
             },
         )?;
         bar.finish_and_clear();
-        stage(&mut stages, "transpose", t0, 0);
+        report.record("transpose", t0, 0, None);
         (Some(res), path, false)
     };
 
@@ -304,14 +276,14 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let images = summary_images(&summary_src, &summary_open, &opts, &exec)
         .with_context(|| format!("summary images of {}", summary_src.display()))?;
     bar.finish_and_clear();
-    stage(&mut stages, "summary", t0, 0);
+    report.record("summary", t0, 0, None);
 
     // 4. CNMF on the C-order copy, then the results files.
     let movie = MovieYr::open(&c_path, None, false, &scratch)?;
     let fov = movie.fov()?;
     let mmap_file = (input_is_c || args.keep_intermediates).then(|| c_path.display().to_string());
     let run = run_cnmf(&fov, cparams, false, &exec, ui, mmap_file)?;
-    stages.extend(run.report.stages.iter().cloned());
+    report.extend(run.report.clone());
     let workers = exec.workers();
     drop(movie);
     drop(exec);
@@ -325,14 +297,14 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         None => None,
     };
     let est = &run.results.estimates;
-    stage(&mut stages, "save", t0, est.n_components());
+    report.record("save", t0, est.n_components(), None);
 
     // 5. Pictures.
     let t0 = Instant::now();
     let bar = ui.items_bar(1, "figures", "pages");
     let pngs = write_figures(&args.output, &images.cn, est, motion.as_ref().map(|m| &m.shifts_rig))?;
     bar.finish_and_clear();
-    stage(&mut stages, "figures", t0, est.n_components());
+    report.record("figures", t0, est.n_components(), None);
 
     let intermediates = if args.keep_intermediates {
         Some(tmp.keep())
@@ -355,7 +327,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         rejected: est.idx_components_bad.as_ref().map(Vec::len),
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_mib: caiman_parallel::peak_rss_kib() as f64 / 1024.0,
-        stages,
+        stages: report.stages.clone(),
         warnings,
     };
     if args.json {

@@ -78,7 +78,7 @@ impl FitReport {
     /// the stage's executor map, if any) gives the workers' peak memory. Logs the stage.
     pub fn record(&mut self, stage: &str, start: Instant, components: usize, stats: Option<&RunStats>) {
         let workers = stats.map_or(0, |s| s.peak_rss.workers_sum_kib);
-        tracing::info!(stage, seconds = start.elapsed().as_secs_f64(), components, "cnmf stage done");
+        tracing::info!(stage, seconds = start.elapsed().as_secs_f64(), components, "stage done");
         self.stages.push(StageReport {
             stage: stage.to_owned(),
             seconds: start.elapsed().as_secs_f64(),
@@ -429,15 +429,33 @@ pub struct PipelineOutput {
 /// # Errors
 /// As the stages.
 pub fn run_pipeline<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &E) -> Result<PipelineOutput> {
+    run_pipeline_with(fov, params, exec, &mut |_| {})
+}
+
+/// [`run_pipeline`] that calls `step_done` with the name of each of its four steps (`fit`,
+/// `refit`, `evaluate`, `dff`) as it completes (for progress displays).
+///
+/// # Errors
+/// As the stages.
+pub fn run_pipeline_with<E: Executor>(
+    fov: &Fov<'_>,
+    params: &CnmfParams,
+    exec: &E,
+    step_done: &mut dyn FnMut(&str),
+) -> Result<PipelineOutput> {
     let (est, mut report) = fit(fov, params, exec)?;
+    step_done("fit");
     let (mut est, params, r2) = refit(fov, params, &est, exec)?;
     report.extend(r2);
+    step_done("refit");
     let t0 = Instant::now();
     let stats = crate::quality::evaluate_components(fov, &mut est, &params, exec)?;
     report.record("evaluate", t0, est.n_components(), Some(&stats));
+    step_done("evaluate");
     let t0 = Instant::now();
     compute_dff(&mut est, exec)?;
     report.record("dff", t0, est.n_components(), None);
+    step_done("dff");
     Ok(PipelineOutput { estimates: est, params, report })
 }
 
