@@ -5,8 +5,9 @@
 //!
 //! The movie is read into memory as `Yr` (pixels × frames). A C-order CaImAn `.mmap` is mapped
 //! instead of read, and worker processes (`--backend processes`) read their pixel blocks from it;
-//! for other inputs with that backend a temporary C-order memmap is written next to the output
-//! and removed afterwards (as CaImAn's `save_memmap`, without its `+0.0001`).
+//! for other inputs with that backend the movie is streamed into a temporary C-order memmap next
+//! to the output ([`c_order_memmap`], which `caiman pipeline` uses too), removed afterwards (as
+//! CaImAn's `save_memmap`, without its `+0.0001`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,8 +17,8 @@ use caiman_cnmf::cnmf::{FitReport, StageReport, fit, run_pipeline_with};
 use caiman_cnmf::params::CnmfParams;
 use caiman_cnmf::pixels::Fov;
 use caiman_cnmf::results::{CnmfResults, save_cnmf};
-use caiman_io::mmap::{MmapName, MmapSource, PendingMmap};
-use caiman_io::{Dims, Order, Shape};
+use caiman_io::mmap::{MmapName, MmapSource};
+use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Order, WriteOptions};
 use caiman_parallel::{AnyExecutor, Executor, Strategy};
 use ndarray::Array2;
 use serde::Serialize;
@@ -94,34 +95,30 @@ pub(crate) struct MovieYr {
 }
 
 impl MovieYr {
-    /// Opens `movie`: maps a C-order `.mmap`, otherwise loads it (and writes a temporary C-order
-    /// memmap in `scratch_dir` when `need_file`, for worker processes).
-    pub(crate) fn open(movie: &Path, dataset: Option<String>, need_file: bool, scratch_dir: &Path) -> Result<Self> {
-        if let Ok(name) = MmapName::decode(movie)
-            && name.order == Order::C
-        {
-            let src = MmapSource::open(movie)?;
-            let dims = name.shape().dims;
-            return Ok(MovieYr { dims, mapped: Some((src, movie.to_path_buf())), memory: None, temp: None });
-        }
+    /// Opens `movie`: maps a C-order `.mmap`; otherwise, when `need_file` (worker processes read
+    /// their rows by path), streams it into a temporary C-order memmap in `scratch_dir` (removed
+    /// when this is dropped) and maps that, else reads it into memory.
+    pub(crate) fn open(
+        movie: &Path,
+        dataset: Option<String>,
+        need_file: bool,
+        scratch_dir: &Path,
+        ui: &Ui,
+    ) -> Result<Self> {
         let open = caiman_io::OpenOptions { dataset, ..Default::default() };
+        let is_c_mmap = MmapName::decode(movie).is_ok_and(|n| n.order == Order::C);
+        if is_c_mmap || need_file {
+            let base = scratch_dir.join(format!(".caiman_cnmf_{}", std::process::id()));
+            let (path, is_input) = c_order_memmap(&[movie.to_path_buf()], &open, &base, 256 << 20, ui)?;
+            let temp = (!is_input).then(|| path.clone());
+            let src = MmapSource::open(&path)?;
+            let dims = src.info().shape.dims;
+            return Ok(MovieYr { dims, mapped: Some((src, path)), memory: None, temp });
+        }
         let mut src = caiman_io::open(movie, &open)?;
         let dims = src.info().shape.dims;
         let yr = caiman_io::read_yr(src.as_mut()).with_context(|| format!("reading {}", movie.display()))?;
-        drop(src);
-        if !need_file {
-            return Ok(MovieYr { dims, mapped: None, memory: Some(std::sync::Arc::new(yr)), temp: None });
-        }
-        let shape = Shape::new(yr.ncols(), dims);
-        let stem = format!(".caiman_cnmf_{}", std::process::id());
-        let pending = PendingMmap::create(&scratch_dir.join(stem), shape, Order::C)?;
-        let mut w = pending.region_writer()?;
-        w.write_pixels(0, yr.as_slice().expect("to_yr gives a standard-layout array"))?;
-        w.flush()?;
-        drop(w);
-        let path = pending.commit()?;
-        let src = MmapSource::open(&path)?;
-        Ok(MovieYr { dims, mapped: Some((src, path.clone())), memory: None, temp: Some(path) })
+        Ok(MovieYr { dims, mapped: None, memory: Some(std::sync::Arc::new(yr)), temp: None })
     }
 
     /// The field of view.
@@ -174,6 +171,42 @@ pub(crate) fn run_cnmf(
     Ok(CnmfRun { results, report, warnings: Vec::new() })
 }
 
+/// A C-order memmap of `movies` for CNMF, plus whether it is the input itself (to be left alone)
+/// rather than a new file named after `base`: a C-order `.mmap` is used as it is, an F-order one
+/// goes through the streaming pixel-block transpose (blocks of `block_bytes`), anything else is
+/// streamed frame by frame into a C-order memmap (CaImAn's `save_memmap(order='C')`).
+pub(crate) fn c_order_memmap(
+    movies: &[PathBuf],
+    open: &OpenOptions,
+    base: &Path,
+    block_bytes: usize,
+    ui: &Ui,
+) -> Result<(PathBuf, bool)> {
+    if let [single] = movies
+        && let Ok(name) = MmapName::decode(single)
+    {
+        if name.order == Order::C {
+            return Ok((single.clone(), true));
+        }
+        let bar = ui.items_bar(0, "transpose", "blocks");
+        let path = caiman_io::mmap::transpose_f_to_c(single, base, 0, block_bytes, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        return Ok((path, false));
+    }
+    let mut src = ChainSource::open(movies, open).with_context(|| format!("opening {}", movies[0].display()))?;
+    let shape = src.info().shape;
+    let opts = WriteOptions { order: Order::C, ..Default::default() };
+    let mut w = caiman_io::create(base.with_extension("mmap"), shape, &opts)?;
+    let bar = ui.frames_bar(shape.frames, "copy");
+    caiman_io::copy_frames(&mut src, 0..shape.frames, w.as_mut(), &mut |n| bar.set_position(n as u64))
+        .with_context(|| format!("copying {} to a C-order memmap", movies[0].display()))?;
+    bar.finish_and_clear();
+    Ok((w.finish()?, false))
+}
+
 pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("");
     if !matches!(ext, "hdf5" | "h5") {
@@ -182,7 +215,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let backend = args.exec.backend();
     let exec = backend.build()?;
     let scratch = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let movie = MovieYr::open(&args.movie, args.dataset.clone(), exec.strategy() == Strategy::Processes, scratch)?;
+    let movie = MovieYr::open(&args.movie, args.dataset.clone(), exec.strategy() == Strategy::Processes, scratch, ui)?;
     let fov = movie.fov()?;
     let (params, warnings) = load_params(args.params.as_deref(), fov.dims, fov.frames())?;
     let started = Instant::now();

@@ -31,14 +31,13 @@ use caiman_cnmf::cnmf::{FitReport, StageReport};
 use caiman_cnmf::estimates::Estimates;
 use caiman_cnmf::results::save_cnmf;
 use caiman_cnmf::summary::{SummaryOptions, summary_images};
-use caiman_io::mmap::MmapName;
-use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Order, Shape, WriteOptions};
+use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Shape};
 use caiman_motion::{BorderNan, MotionJob};
 use caiman_parallel::Executor;
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 
-use crate::cnmf::{MovieYr, load_params, run_cnmf};
+use crate::cnmf::{MovieYr, c_order_memmap, load_params, run_cnmf};
 use crate::exec_args::ExecArgs;
 use crate::figures;
 use crate::progress::Ui;
@@ -116,41 +115,6 @@ fn scratch_base(arg: Option<&Path>, output: &Path) -> PathBuf {
         return PathBuf::from(p);
     }
     output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
-}
-
-/// A C-order memmap of the (uncorrected) input for CNMF, plus whether it is the input itself (to
-/// be left alone) rather than a copy in `scratch`.
-fn c_order_input(
-    movies: &[PathBuf],
-    open: &OpenOptions,
-    scratch: &Path,
-    block_bytes: usize,
-    ui: &Ui,
-) -> Result<(PathBuf, bool)> {
-    if let [single] = movies
-        && let Ok(name) = MmapName::decode(single)
-    {
-        if name.order == Order::C {
-            return Ok((single.clone(), true));
-        }
-        let bar = ui.items_bar(0, "transpose", "blocks");
-        let path =
-            caiman_io::mmap::transpose_f_to_c(single, &scratch.join("movie"), 0, block_bytes, &mut |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })?;
-        bar.finish_and_clear();
-        return Ok((path, false));
-    }
-    let mut src = ChainSource::open(movies, open).with_context(|| format!("opening {}", movies[0].display()))?;
-    let shape = src.info().shape;
-    let opts = WriteOptions { order: Order::C, ..Default::default() };
-    let mut w = caiman_io::create(scratch.join("movie.mmap"), shape, &opts)?;
-    let bar = ui.frames_bar(shape.frames, "copy");
-    caiman_io::copy_frames(&mut src, 0..shape.frames, w.as_mut(), &mut |n| bar.set_position(n as u64))
-        .with_context(|| format!("copying {} to a C-order memmap", movies[0].display()))?;
-    bar.finish_and_clear();
-    Ok((w.finish()?, false))
 }
 
 /// The three pictures (two without motion shifts), written next to `output`.
@@ -233,7 +197,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     // 1. Motion correction, 2. the C-order copy.
     let (motion, c_path, input_is_c) = if args.no_motion {
         let t0 = Instant::now();
-        let (path, is_input) = c_order_input(&args.movies, &open, &scratch, block_bytes, ui)?;
+        let (path, is_input) = c_order_memmap(&args.movies, &open, &scratch.join("movie"), block_bytes, ui)?;
         report.record("transpose", t0, 0, None);
         (None, path, is_input)
     } else {
@@ -279,7 +243,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     report.record("summary", t0, 0, None);
 
     // 4. CNMF on the C-order copy, then the results files.
-    let movie = MovieYr::open(&c_path, None, false, &scratch)?;
+    let movie = MovieYr::open(&c_path, None, false, &scratch, ui)?;
     let fov = movie.fov()?;
     let mmap_file = (input_is_c || args.keep_intermediates).then(|| c_path.display().to_string());
     let run = run_cnmf(&fov, cparams, false, &exec, ui, mmap_file)?;
