@@ -248,7 +248,7 @@ pub fn fit_from<E: Executor>(
 
     if params.patch.only_init {
         let t0 = Instant::now();
-        est.compute_residuals(fov.yr)?;
+        est.compute_residuals(fov.yr, par)?;
         est.bl = None;
         est.c1 = None;
         est.neurons_sn = None;

@@ -161,18 +161,19 @@ impl Estimates {
     /// CaImAn's `compute_residuals`: `YrA = ((Abᵀ Y)ᵀ·diag(1/nA) − ((AbᵀAb·diag(1/nA))ᵀ Cf)ᵀ)`
     /// restricted to the neurons, with `Ab = [A | b]`, `Cf = [C; f]`, `nA = ‖ab_k‖² + eps(f32)`.
     ///
-    /// `yr` is the movie as pixels × frames (Fortran pixel order).
+    /// `yr` is the movie as pixels × frames (Fortran pixel order); the product `AbᵀY` uses up to
+    /// `par` threads (the result does not depend on it).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `yr` is not `d × T`.
-    pub fn compute_residuals(&mut self, yr: ArrayView2<'_, f32>) -> Result<()> {
+    pub fn compute_residuals(&mut self, yr: ArrayView2<'_, f32>, par: caiman_parallel::Par) -> Result<()> {
         let (d, t) = yr.dim();
         check(d == self.a.nrows(), "Y (rows = pixels)", vec![self.a.nrows()], vec![d])?;
         check(t == self.frames(), "Y (columns = frames)", vec![self.frames()], vec![t])?;
         let ab = self.ab();
         let k_all = ab.ncols();
         let na: Vec<f64> = ab.col_norms().iter().map(|n| n * n + EPS_F32).collect();
-        let ya = ab.t_dot(yr)?; // (K+nb) × T
+        let ya = crate::temporal::ab_t_y(&ab, yr, par)?; // (K+nb) × T
         let aa = ab_gram(&ab); // (K+nb)²
         let cf = self.cf();
         let k = self.n_components();
@@ -279,7 +280,7 @@ impl Estimates {
     pub fn subset(&self, idx: &[usize]) -> Estimates {
         let rows = |m: &Array2<f64>| m.select(Axis(0), idx);
         let pick = |v: &Vec<f64>| idx.iter().map(|&i| v[i]).collect::<Vec<f64>>();
-        let (d, _) = (self.a.nrows(), ());
+        let d = self.a.nrows();
         let mut indptr = vec![0usize];
         let mut indices = Vec::new();
         let mut data = Vec::new();
@@ -485,10 +486,10 @@ mod tests {
     fn residuals_of_exact_model_are_zero() {
         let mut e = toy();
         let y = (e.a.to_dense().mapv(f64::from).dot(&e.c) + e.b.mapv(f64::from).dot(&e.f)).mapv(|v| v as f32);
-        e.compute_residuals(y.view()).unwrap();
+        e.compute_residuals(y.view(), caiman_parallel::Par::Seq).unwrap();
         assert!(e.yr_a.unwrap().iter().all(|v| v.abs() < 1e-5));
         let mut e = toy();
-        assert!(e.compute_residuals(Array2::<f32>::zeros((2, 2)).view()).is_err());
+        assert!(e.compute_residuals(Array2::<f32>::zeros((2, 2)).view(), caiman_parallel::Par::Seq).is_err());
     }
 
     #[test]

@@ -1662,7 +1662,7 @@ pub fn update_spatial_components<E: Executor>(
     }
 
     // 5. Threshold, drop empty columns.
-    let par = Par::new(exec.workers());
+    let par = crate::cnmf::main_thread_par(exec);
     let thr = par.map_indices(k1, |k| threshold_column(&cols[k], g, &thr_cfg));
     let keep2: Vec<usize> = (0..k1).filter(|&k| thr[k].iter().any(|&(_, v)| v as f32 != 0.0)).collect();
     let kept_cols: Vec<Vec<(usize, f64)>> = keep2.iter().map(|&k| thr[k].clone()).collect();

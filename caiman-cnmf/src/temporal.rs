@@ -328,11 +328,6 @@ fn check_shape(ok: bool, what: &'static str, expected: Vec<usize>, got: Vec<usiz
     if ok { Ok(()) } else { Err(Error::ShapeMismatch { what, expected, got }) }
 }
 
-/// The inner threads used for the in-process products of a driver on `exec`.
-pub(crate) fn driver_par<E: Executor>(exec: &E) -> Par {
-    Par::new(exec.workers().max(exec.inner_threads().per_task))
-}
-
 /// CaImAn's `update_temporal_components(Y, A, b, C, f, bl=None, c1=None, g=None, sn=None,
 /// **temporal)`: block-coordinate update of the neurons' traces (deconvolved with OASIS) and of
 /// the background traces, given the footprints (see the module docs).
@@ -383,7 +378,7 @@ pub fn update_temporal_components<E: Executor>(
     let inv_na: Vec<f64> = (0..kk).map(|i| 1.0 / (g[[i, i]] + EPS_F32)).collect();
     let aa_rows: Vec<Vec<(usize, f64)>> =
         (0..kk).map(|j| (0..kk).filter(|&i| g[[j, i]] != 0.0).map(|i| (i, g[[j, i]] * inv_na[i])).collect()).collect();
-    let mut ya = ab_t_y(&ab, fov.yr, driver_par(exec))?;
+    let mut ya = ab_t_y(&ab, fov.yr, crate::cnmf::main_thread_par(exec))?;
     for (i, mut row) in ya.rows_mut().into_iter().enumerate() {
         row.mapv_inplace(|v| v * inv_na[i]);
     }

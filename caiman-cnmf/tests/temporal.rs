@@ -300,7 +300,7 @@ fn refit_caiman_result_is_reproduced() {
     let g_ref = local("refit_g.npy");
     // The residual traces of CaImAn's final C are its YrA (checks the projections AbᵀY/nA and AA).
     let mut est = caiman_cnmf::estimates::Estimates::new(dims, a.clone(), c_ref.clone(), b.clone(), f.clone()).unwrap();
-    est.compute_residuals(yr.view()).unwrap();
+    est.compute_residuals(yr.view(), caiman_parallel::Par::Seq).unwrap();
     let yra0 = est.yr_a.unwrap();
     let scale = yra_ref.iter().fold(0f64, |m, v| m.max(v.abs()));
     let max_abs = yra0.iter().zip(yra_ref.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
