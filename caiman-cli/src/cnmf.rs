@@ -23,7 +23,7 @@ use caiman_parallel::{AnyExecutor, Executor, Strategy};
 use ndarray::Array2;
 use serde::Serialize;
 
-use crate::exec_args::ExecArgs;
+use crate::exec_args::{ExecArgs, MemoryArgs};
 use crate::progress::Ui;
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +46,8 @@ pub(crate) struct Args {
     no_refit: bool,
     #[command(flatten)]
     exec: ExecArgs,
+    #[command(flatten)]
+    memory: MemoryArgs,
     /// Print a JSON summary (per-stage time, peak memory, component counts) on stdout.
     #[arg(long)]
     json: bool,
@@ -92,42 +94,57 @@ pub(crate) struct MovieYr {
     mapped: Option<(MmapSource, PathBuf)>,
     memory: Option<std::sync::Arc<Array2<f32>>>,
     temp: Option<PathBuf>,
+    budget: Option<u64>,
+}
+
+/// Bytes of one pixel block of a C-order copy: 256 MiB, or an eighth of the memory budget.
+pub(crate) fn transpose_block_bytes(max: usize, budget: Option<u64>) -> usize {
+    let by_budget = budget.map_or(usize::MAX, |b| usize::try_from(b / 8).unwrap_or(usize::MAX));
+    max.min(by_budget).max(1 << 20)
 }
 
 impl MovieYr {
     /// Opens `movie`: maps a C-order `.mmap`; otherwise, when `need_file` (worker processes read
-    /// their rows by path), streams it into a temporary C-order memmap in `scratch_dir` (removed
-    /// when this is dropped) and maps that, else reads it into memory.
+    /// their rows by path) or the movie is more than half the memory `budget`, streams it into a
+    /// temporary C-order memmap in `scratch_dir` (removed when this is dropped) and maps that,
+    /// else reads it into memory. The field of view carries the budget.
     pub(crate) fn open(
         movie: &Path,
         dataset: Option<String>,
         need_file: bool,
         scratch_dir: &Path,
+        budget: Option<u64>,
         ui: &Ui,
     ) -> Result<Self> {
         let open = caiman_io::OpenOptions { dataset, ..Default::default() };
         let is_c_mmap = MmapName::decode(movie).is_ok_and(|n| n.order == Order::C);
-        if is_c_mmap || need_file {
+        let mut src = caiman_io::open(movie, &open)?;
+        let shape = src.info().shape;
+        let bytes = (shape.frames * shape.dims.pixels()) as u64 * 4;
+        let too_big = budget.is_some_and(|b| bytes > b / 2);
+        if is_c_mmap || need_file || too_big {
+            drop(src);
             let base = scratch_dir.join(format!(".caiman_cnmf_{}", std::process::id()));
-            let (path, is_input) = c_order_memmap(&[movie.to_path_buf()], &open, &base, 256 << 20, ui)?;
+            let block = transpose_block_bytes(256 << 20, budget);
+            let (path, is_input) = c_order_memmap(&[movie.to_path_buf()], &open, &base, block, ui)?;
             let temp = (!is_input).then(|| path.clone());
             let src = MmapSource::open(&path)?;
             let dims = src.info().shape.dims;
-            return Ok(MovieYr { dims, mapped: Some((src, path)), memory: None, temp });
+            return Ok(MovieYr { dims, mapped: Some((src, path)), memory: None, temp, budget });
         }
-        let mut src = caiman_io::open(movie, &open)?;
-        let dims = src.info().shape.dims;
+        let dims = shape.dims;
         let yr = caiman_io::read_yr(src.as_mut()).with_context(|| format!("reading {}", movie.display()))?;
-        Ok(MovieYr { dims, mapped: None, memory: Some(std::sync::Arc::new(yr)), temp: None })
+        Ok(MovieYr { dims, mapped: None, memory: Some(std::sync::Arc::new(yr)), temp: None, budget })
     }
 
     /// The field of view.
     pub(crate) fn fov(&self) -> Result<Fov<'_>> {
-        Ok(match (&self.mapped, &self.memory) {
+        let fov = match (&self.mapped, &self.memory) {
             (Some((src, path)), _) => Fov { mmap: Some(path.as_path()), ..Fov::new(self.dims, src.yr())? },
             (None, Some(yr)) => Fov::from_shared(self.dims, yr)?,
             (None, None) => unreachable!("one of the two is always set"),
-        })
+        };
+        Ok(fov.with_budget(self.budget))
     }
 }
 
@@ -215,7 +232,14 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let backend = args.exec.backend();
     let exec = backend.build()?;
     let scratch = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let movie = MovieYr::open(&args.movie, args.dataset.clone(), exec.strategy() == Strategy::Processes, scratch, ui)?;
+    let movie = MovieYr::open(
+        &args.movie,
+        args.dataset.clone(),
+        exec.strategy() == Strategy::Processes,
+        scratch,
+        args.memory.memory_budget,
+        ui,
+    )?;
     let fov = movie.fov()?;
     let (params, warnings) = load_params(args.params.as_deref(), fov.dims, fov.frames())?;
     let started = Instant::now();

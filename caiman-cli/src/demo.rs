@@ -241,7 +241,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
 
     // 5. CNMF on the whole corrected field of view (fit → refit → evaluation → ΔF/F), matched to the
     // ground truth by mask IoU (CaImAn's nf_match_neurons_in_binary_masks).
-    let movie = crate::cnmf::MovieYr::open(&mc.output, None, false, dir, ui)?;
+    let movie = crate::cnmf::MovieYr::open(&mc.output, None, false, dir, None, ui)?;
     let fov = movie.fov()?;
     let cnmf_params = demo_cnmf_params(&params, fov.dims, fov.frames())?;
     let started = Instant::now();

@@ -37,8 +37,8 @@ use caiman_parallel::Executor;
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 
-use crate::cnmf::{MovieYr, c_order_memmap, load_params, run_cnmf};
-use crate::exec_args::ExecArgs;
+use crate::cnmf::{MovieYr, c_order_memmap, load_params, run_cnmf, transpose_block_bytes};
+use crate::exec_args::{ExecArgs, MemoryArgs};
 use crate::figures;
 use crate::progress::Ui;
 
@@ -68,11 +68,14 @@ pub(crate) struct Args {
     /// HDF5 dataset of the input (default `mov`, or the file's only dataset).
     #[arg(long)]
     dataset: Option<String>,
-    /// Memory for one block of pixel rows of the C-order copy, in MiB.
+    /// Memory for one block of pixel rows of the C-order copy, in MiB (at most an eighth of
+    /// `--memory-budget`).
     #[arg(long, default_value_t = 256)]
     transpose_mib: usize,
     #[command(flatten)]
     exec: ExecArgs,
+    #[command(flatten)]
+    memory: MemoryArgs,
     /// Print a JSON summary (per-stage time and peak memory, component counts, output paths) on
     /// stdout.
     #[arg(long)]
@@ -192,7 +195,8 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let backend = args.exec.backend();
     let exec = backend.build()?;
     let mut report = FitReport::default();
-    let block_bytes = args.transpose_mib.max(1) << 20;
+    let budget = args.memory.memory_budget;
+    let block_bytes = transpose_block_bytes(args.transpose_mib.max(1) << 20, budget);
 
     // 1. Motion correction, 2. the C-order copy.
     let (motion, c_path, input_is_c) = if args.no_motion {
@@ -232,9 +236,12 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     // 3. Summary images of the corrected movie (the correlation image).
     let t0 = Instant::now();
     let bar = ui.items_bar(1, "summary", "passes");
-    let (summary_src, summary_open) = match &motion {
-        Some(m) => (m.output.clone(), OpenOptions::default()),
-        None => (c_path.clone(), OpenOptions::default()),
+    // Frame-major files serve the frame passes of summary images; the pixel-major C-order copy
+    // only when it is the input itself (or several inputs were chained into it).
+    let (summary_src, summary_open) = match (&motion, args.movies.as_slice()) {
+        (Some(m), _) => (m.output.clone(), OpenOptions::default()),
+        (None, [single]) if !input_is_c => (single.clone(), open.clone()),
+        (None, _) => (c_path.clone(), OpenOptions::default()),
     };
     let opts = SummaryOptions { fft: false, median_window: None, ..Default::default() };
     let images = summary_images(&summary_src, &summary_open, &opts, &exec)
@@ -243,7 +250,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     report.record("summary", t0, 0, None);
 
     // 4. CNMF on the C-order copy, then the results files.
-    let movie = MovieYr::open(&c_path, None, false, &scratch, ui)?;
+    let movie = MovieYr::open(&c_path, None, false, &scratch, budget, ui)?;
     let fov = movie.fov()?;
     let mmap_file = (input_is_c || args.keep_intermediates).then(|| c_path.display().to_string());
     let run = run_cnmf(&fov, cparams, false, &exec, ui, mmap_file)?;

@@ -118,6 +118,29 @@ fn patches_on_every_backend_give_the_same_results() {
         assert!(stages.contains(&"patches"), "{backend}: {stages:?}");
         loaded.push(load_cnmf(&out).unwrap().0);
     }
+    // A memory budget that lets one 17 × 17 × 300 patch fit at a time (8 × its 347 kB box,
+    // doubled: 5.5 MB) and passes hold a quarter of it: the same results.
+    let budgeted = dir.path().join("p_budget.hdf5");
+    let (m, p) = (movie.to_str().unwrap(), params.to_str().unwrap());
+    let o = caiman(&[
+        "cnmf",
+        m,
+        "--params",
+        p,
+        "-o",
+        budgeted.to_str().unwrap(),
+        "--backend",
+        "processes:2",
+        "--memory-budget",
+        "6M",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(load_cnmf(&budgeted).unwrap().0.estimates, loaded[0].estimates, "with a memory budget");
+    // Below one patch: a clear error, no results file.
+    let small = dir.path().join("p_small.hdf5");
+    let o = caiman(&["cnmf", m, "--params", p, "-o", small.to_str().unwrap(), "--memory-budget", "3M"]);
+    assert_error_lines(&o, "memory budget");
+    assert!(!small.exists());
     let e = &loaded[0].estimates;
     assert!(e.idx_components.as_ref().unwrap().len() >= 4, "{:?}", e.idx_components);
     assert!(loaded[0].params.patch.rf.is_none(), "the saved params are the refit's");

@@ -252,3 +252,61 @@ fn score_a_results_file_against_its_ground_truth() {
         s.median_trace_corr
     );
 }
+
+/// Diagnostics (manual): every false positive of a results file with its most overlapping other
+/// accepted component — IoU, trace correlation, SNR, r-value. Same environment as above.
+#[test]
+#[ignore = "manual diagnostics: set CAIMAN_SCORE_RESULTS and CAIMAN_SCORE_TRUTH"]
+fn diagnose_false_positives() {
+    let (Ok(res), Ok(gt)) = (std::env::var("CAIMAN_SCORE_RESULTS"), std::env::var("CAIMAN_SCORE_TRUTH")) else {
+        return;
+    };
+    let truth = GroundTruth::load(Path::new(&gt)).unwrap();
+    let est = caiman_cnmf::results::load_cnmf(Path::new(&res)).unwrap().0.estimates;
+    let acc = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
+    let ours = est.subset(&acc);
+    let s = score_against_truth(&ours.a, ours.c.view(), &truth, [0, 0]).unwrap();
+    let masks = caiman_cnmf::matching::binary_masks(&ours.a, 0.2);
+    let iou = |a: &[bool], b: &[bool]| {
+        let i = a.iter().zip(b).filter(|(x, y)| **x && **y).count() as f64;
+        let u = a.iter().zip(b).filter(|(x, y)| **x || **y).count() as f64;
+        i / u
+    };
+    let overlap = |i: usize, j: usize| {
+        let (ri, vi) = ours.a.col(i);
+        let (rj, vj) = ours.a.col(j);
+        let mut d = 0.0f64;
+        for (r, v) in ri.iter().zip(vi) {
+            if let Some(k) = rj.iter().position(|x| x == r) {
+                d += f64::from(*v) * f64::from(vj[k]);
+            }
+        }
+        d
+    };
+    for &fp in &s.matching.fp_comp {
+        let best = (0..ours.n_components())
+            .filter(|&j| j != fp)
+            .map(|j| (j, iou(&masks[fp], &masks[j])))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        let ci: Vec<f64> = ours.c.row(fp).to_vec();
+        let cj: Vec<f64> = ours.c.row(best.0).to_vec();
+        let r = caiman_cnmf::stats::pearson(&ci, &cj);
+        let tp = s.matching.tp_comp.contains(&best.0);
+        let snr = |k: usize| ours.snr_comp.as_ref().map_or(f64::NAN, |v| v[k]);
+        let rv = |k: usize| ours.r_values.as_ref().map_or(f64::NAN, |v| v[k]);
+        eprintln!(
+            "fp {fp:4} (orig {:4}) snr {:6.2} r {:5.2} npx {:4} | partner {:4} tp {tp} iou {:.2} corrC {:.3} dotA {:.3} snr {:6.2} r {:5.2}",
+            acc[fp],
+            snr(fp),
+            rv(fp),
+            masks[fp].iter().filter(|x| **x).count(),
+            best.0,
+            best.1,
+            r,
+            overlap(fp, best.0),
+            snr(best.0),
+            rv(best.0)
+        );
+    }
+}

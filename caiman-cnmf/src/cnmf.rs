@@ -99,8 +99,14 @@ pub fn main_thread_par<E: Executor>(exec: &E) -> Par {
 // Pre-processing
 // ---------------------------------------------------------------------------------------------
 
-/// Pixels per noise task.
-const NOISE_BLOCK: usize = 4096;
+/// Most pixels per noise task.
+const NOISE_BLOCK_MIN: usize = 4096;
+
+/// Pixels per noise task for `frames` frames: 4096, fewer when that would be more than a pass
+/// block of the movie ([`crate::passes::block_rows`]).
+fn noise_block(frames: usize) -> usize {
+    NOISE_BLOCK_MIN.min(crate::passes::block_rows(frames))
+}
 
 /// A block of pixel rows whose noise `get_noise_fft` computes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,7 +156,7 @@ pub fn preprocess<E: Executor>(
     exec: &E,
 ) -> Result<(Vec<f64>, Option<RunStats>)> {
     let d = fov.pixels();
-    if params.check_nan && fov.yr.iter().any(|v| !v.is_finite()) {
+    if params.check_nan && crate::passes::first_non_finite_pixel(fov, exec)?.is_some() {
         return Err(Error::NonFinite { what: "movie (CNMF does not accept NaN or infinite pixels)" });
     }
     if let Some(sn) = &params.sn {
@@ -168,8 +174,10 @@ pub fn preprocess<E: Executor>(
         noise_method: params.noise_method,
         max_num_samples_fft: params.max_num_samples_fft,
     };
-    let tasks: Vec<NoiseBlock> =
-        (0..d).step_by(NOISE_BLOCK).map(|s| NoiseBlock { rows: fov.rows(s..(s + NOISE_BLOCK).min(d)), opts }).collect();
+    let tasks: Vec<NoiseBlock> = (0..d)
+        .step_by(noise_block(fov.frames()))
+        .map(|s| NoiseBlock { rows: fov.rows(s..(s + noise_block(fov.frames())).min(d)), opts })
+        .collect();
     let (out, stats) = exec.map(tasks)?;
     Ok((out.concat(), Some(stats)))
 }
@@ -248,7 +256,7 @@ pub fn fit_from<E: Executor>(
 
     if params.patch.only_init {
         let t0 = Instant::now();
-        est.compute_residuals(fov.yr, par)?;
+        est.compute_residuals_fov(fov, exec)?;
         est.bl = None;
         est.c1 = None;
         est.neurons_sn = None;

@@ -161,20 +161,50 @@ impl Estimates {
     /// CaImAn's `compute_residuals`: `YrA = ((Abᵀ Y)ᵀ·diag(1/nA) − ((AbᵀAb·diag(1/nA))ᵀ Cf)ᵀ)`
     /// restricted to the neurons, with `Ab = [A | b]`, `Cf = [C; f]`, `nA = ‖ab_k‖² + eps(f32)`.
     ///
-    /// `yr` is the movie as pixels × frames (Fortran pixel order); the product `AbᵀY` uses up to
-    /// `par` threads (the result does not depend on it).
+    /// The product `AbᵀY` is a pass over the movie by pixel blocks ([`crate::passes::mt_y`]:
+    /// out of core for a memmapped field of view; the result does not depend on `exec`), whose
+    /// run statistics are returned.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the movie is not `d × T`; [`Error::Exec`] when a worker fails.
+    pub fn compute_residuals_fov<E: caiman_parallel::Executor>(
+        &mut self,
+        fov: &crate::pixels::Fov<'_>,
+        exec: &E,
+    ) -> Result<Option<caiman_parallel::RunStats>> {
+        self.check_movie(fov.pixels(), fov.frames())?;
+        let ab = self.ab();
+        let (ya, stats) = crate::passes::mt_y(fov, &ab, exec)?;
+        self.residuals_from(&ab, &ya);
+        Ok(stats)
+    }
+
+    /// [`compute_residuals_fov`](Self::compute_residuals_fov) for a movie in memory (`yr`:
+    /// pixels × frames, Fortran pixel order), `AbᵀY` on up to `par` threads (same blocks, same
+    /// bits).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `yr` is not `d × T`.
     pub fn compute_residuals(&mut self, yr: ArrayView2<'_, f32>, par: caiman_parallel::Par) -> Result<()> {
-        let (d, t) = yr.dim();
-        check(d == self.a.nrows(), "Y (rows = pixels)", vec![self.a.nrows()], vec![d])?;
-        check(t == self.frames(), "Y (columns = frames)", vec![self.frames()], vec![t])?;
+        self.check_movie(yr.nrows(), yr.ncols())?;
         let ab = self.ab();
+        let ya = crate::passes::mt_y_view(&ab, yr, par)?;
+        self.residuals_from(&ab, &ya);
+        Ok(())
+    }
+
+    /// Checks a movie of `d` pixels and `t` frames against the estimates.
+    fn check_movie(&self, d: usize, t: usize) -> Result<()> {
+        check(d == self.a.nrows(), "Y (rows = pixels)", vec![self.a.nrows()], vec![d])?;
+        check(t == self.frames(), "Y (columns = frames)", vec![self.frames()], vec![t])
+    }
+
+    /// `YrA` from `ya = AbᵀY` (`(K + nb) × T`).
+    fn residuals_from(&mut self, ab: &CscMatrix, ya: &Array2<f64>) {
+        let t = ya.ncols();
         let k_all = ab.ncols();
         let na: Vec<f64> = ab.col_norms().iter().map(|n| n * n + EPS_F32).collect();
-        let ya = crate::temporal::ab_t_y(&ab, yr, par)?; // (K+nb) × T
-        let aa = ab_gram(&ab); // (K+nb)²
+        let aa = ab_gram(ab); // (K+nb)²
         let cf = self.cf();
         let k = self.n_components();
         let mut r = Array2::<f64>::zeros((k, t));
@@ -190,7 +220,6 @@ impl Estimates {
             row.mapv_inplace(|v| v / na[i]);
         }
         self.yr_a = Some(r);
-        Ok(())
     }
 
     /// `[A | b]` as one sparse matrix (background columns last).
@@ -487,9 +516,17 @@ mod tests {
         let mut e = toy();
         let y = (e.a.to_dense().mapv(f64::from).dot(&e.c) + e.b.mapv(f64::from).dot(&e.f)).mapv(|v| v as f32);
         e.compute_residuals(y.view(), caiman_parallel::Par::Seq).unwrap();
-        assert!(e.yr_a.unwrap().iter().all(|v| v.abs() < 1e-5));
+        let in_memory = e.yr_a.take().unwrap();
+        assert!(in_memory.iter().all(|v| v.abs() < 1e-5));
+        let lin = caiman_parallel::Linear::new();
+        let shared = std::sync::Arc::new(y.clone());
+        e.compute_residuals_fov(&crate::pixels::Fov::from_shared(e.dims, &shared).unwrap(), &lin).unwrap();
+        assert_eq!(e.yr_a.take().unwrap(), in_memory);
         let mut e = toy();
         assert!(e.compute_residuals(Array2::<f32>::zeros((2, 2)).view(), caiman_parallel::Par::Seq).is_err());
+        let z = Array2::<f32>::zeros((2, 2));
+        let fov = crate::pixels::Fov::new(caiman_io::Dims::planar(1, 2), z.view()).unwrap();
+        assert!(e.compute_residuals_fov(&fov, &lin).is_err());
     }
 
     #[test]

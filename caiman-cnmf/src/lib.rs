@@ -26,6 +26,7 @@ pub mod noise;
 pub mod oasis;
 pub mod online_oasis;
 pub mod params;
+pub mod passes;
 pub mod patches;
 pub mod pixels;
 pub mod quality;
@@ -50,5 +51,6 @@ pub fn register_tasks(r: caiman_parallel::Registry) -> caiman_parallel::Registry
     let r = quality::register_tasks(r);
     let r = cnmf::register_tasks(r);
     let r = patches::register_tasks(r);
+    let r = passes::register_tasks(r);
     evaluation::register_tasks(r)
 }

@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 
 use caiman_io::Dims;
 use caiman_io::mmap::MmapSource;
-use caiman_parallel::{Executor, Linear, Par, Registry, Task, TaskCtx, TaskError};
+use caiman_parallel::{Executor, Linear, Par, Registry, RunStats, Task, TaskCtx, TaskError};
 
 use crate::cnmf::{FitReport, main_thread_par};
 use crate::error::task_err;
@@ -492,23 +492,60 @@ fn rf_stride(params: &CnmfParams, dims: Dims) -> Result<(Vec<usize>, Vec<usize>)
 /// # Errors
 /// As [`patch_grid`]; [`Error::InvalidParam`] if `patch.rf` is unset.
 pub fn patch_tasks(fov: &Fov<'_>, params: &CnmfParams) -> Result<Vec<PatchFit>> {
+    let (grid, params_json) = grid_and_json(fov, params)?;
+    Ok(grid.into_iter().map(|patch| patch_task(fov, patch, &params_json)).collect())
+}
+
+/// The patch grid of `fov` and the parameters as JSON (what every task carries).
+fn grid_and_json(fov: &Fov<'_>, params: &CnmfParams) -> Result<(Vec<PatchBox>, String)> {
     let (rfs, strides) = rf_stride(params, fov.dims)?;
     let grid = patch_grid(fov.dims, &rfs, &strides, params.patch.border_pix)?;
     let params_json =
         serde_json::to_string(params).map_err(|e| Error::InvalidParam(format!("parameters to JSON: {e}")))?;
-    Ok(grid
-        .into_iter()
-        .map(|patch| {
-            let source = match (fov.mmap, fov.shared) {
-                (Some(path), _) => PatchSource::Mmap { path: path.to_path_buf() },
-                (None, Some(yr)) => PatchSource::Shared { yr: Arc::clone(yr) },
-                (None, None) => {
-                    PatchSource::Inline { values: gather_rows(fov.yr, &patch.runs(fov.dims)).unwrap_or_default() }
-                }
-            };
-            PatchFit { dims: fov.dims, frames: fov.frames(), patch, params_json: params_json.clone(), source }
-        })
-        .collect())
+    Ok((grid, params_json))
+}
+
+/// The task of one patch: where it reads its pixels (the memmap, the shared movie, or a copy).
+fn patch_task(fov: &Fov<'_>, patch: PatchBox, params_json: &str) -> PatchFit {
+    let source = match (fov.mmap, fov.shared) {
+        (Some(path), _) => PatchSource::Mmap { path: path.to_path_buf() },
+        (None, Some(yr)) => PatchSource::Shared { yr: Arc::clone(yr) },
+        (None, None) => PatchSource::Inline { values: gather_rows(fov.yr, &patch.runs(fov.dims)).unwrap_or_default() },
+    };
+    PatchFit { dims: fov.dims, frames: fov.frames(), patch, params_json: params_json.to_owned(), source }
+}
+
+/// Working memory of one patch fit, in units of its movie box (`pixels × T × 4` bytes): the box,
+/// the normalised and residual copies of initialisation, the downsampled movie and the HALS
+/// products — measured peak of a worker process over its box is 5–7× on CaImAn's reference
+/// parameters.
+pub const PATCH_WORKING_SET: u64 = 8;
+
+/// Bytes one patch fit of `pixels` pixels over `frames` frames needs (see
+/// [`PATCH_WORKING_SET`]).
+pub fn patch_bytes(pixels: usize, frames: usize) -> u64 {
+    PATCH_WORKING_SET * pixels as u64 * frames as u64 * 4
+}
+
+/// How many patches may be fitted at once under `fov.budget` (half of it is given to the patch
+/// fits): `None` without a budget (every worker busy).
+///
+/// # Errors
+/// [`Error::InvalidParam`] when the budget is below one patch.
+pub fn patches_in_flight(fov: &Fov<'_>, largest_patch_pixels: usize) -> Result<Option<usize>> {
+    let Some(budget) = fov.budget else { return Ok(None) };
+    let one = patch_bytes(largest_patch_pixels, fov.frames());
+    let n = budget / 2 / one.max(1);
+    if n == 0 {
+        return Err(Error::InvalidParam(format!(
+            "the memory budget ({:.2} GiB) is below what one patch of {largest_patch_pixels} pixels × {} frames needs \
+             (≈ {:.2} GiB, twice that for the budget): give a larger budget or a smaller rf",
+            budget as f64 / f64::from(1u32 << 30),
+            fov.frames(),
+            one as f64 / f64::from(1u32 << 30)
+        )));
+    }
+    Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)))
 }
 
 /// CaImAn's `run_CNMF_patches` (see the module docs): fits every patch through `exec` and
@@ -522,11 +559,28 @@ pub fn patch_tasks(fov: &Fov<'_>, params: &CnmfParams) -> Result<Vec<PatchFit>> 
 pub fn run_cnmf_patches<E: Executor>(fov: &Fov<'_>, params: &CnmfParams, exec: &E) -> Result<(Estimates, FitReport)> {
     let mut report = FitReport::default();
     let t0 = Instant::now();
-    let tasks = patch_tasks(fov, params)?;
-    let boxes: Vec<PatchBox> = tasks.iter().map(|t| t.patch.clone()).collect();
-    let (outs, stats) = exec.map(tasks)?;
+    let (boxes, params_json) = grid_and_json(fov, params)?;
+    let largest = boxes.iter().map(|b| b.dims().pixels()).max().unwrap_or(0);
+    // Patches in one map: all of them, unless the budget allows fewer than the workers, or each
+    // task carries a copy of its pixels (then a few per worker at a time).
+    let chunk = match patches_in_flight(fov, largest)? {
+        Some(n) if n < exec.workers() => n,
+        _ if fov.mmap.is_none() && fov.shared.is_none() => 2 * exec.workers().max(1),
+        _ => boxes.len().max(1),
+    };
+    let mut outs = Vec::with_capacity(boxes.len());
+    let mut stats: Option<RunStats> = None;
+    for group in boxes.chunks(chunk) {
+        let tasks: Vec<PatchFit> = group.iter().map(|b| patch_task(fov, b.clone(), &params_json)).collect();
+        let (o, s) = exec.map(tasks)?;
+        outs.extend(o);
+        stats = Some(match stats {
+            Some(prev) => prev.then(&s),
+            None => s,
+        });
+    }
     let n_comp: usize = outs.iter().flatten().map(|o| o.k).sum();
-    report.record("patches", t0, n_comp, Some(&stats));
+    report.record("patches", t0, n_comp, stats.as_ref());
 
     let t0 = Instant::now();
     let est = assemble(fov, params, &boxes, outs, main_thread_par(exec))?;

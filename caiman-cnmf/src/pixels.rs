@@ -34,6 +34,9 @@ pub struct Fov<'a> {
     pub mmap: Option<&'a std::path::Path>,
     /// The array `yr` views, when it is shared: tasks then hold the movie instead of copying rows.
     pub shared: Option<&'a Arc<Array2<f32>>>,
+    /// Bytes of memory the whole fit may use; passes over the movie keep a quarter of it in
+    /// flight ([`crate::passes`]). `None`: no budget (passes keep up to 1 GiB in flight).
+    pub budget: Option<u64>,
 }
 
 impl<'a> Fov<'a> {
@@ -53,7 +56,7 @@ impl<'a> Fov<'a> {
         if yr.ncols() == 0 || yr.nrows() == 0 {
             return Err(Error::Empty { what: "movie (no frames or no pixels)" });
         }
-        Ok(Fov { dims, yr, mmap: None, shared: None })
+        Ok(Fov { dims, yr, mmap: None, shared: None, budget: None })
     }
 
     /// A field of view over a shared in-memory `Yr`: pixel-block tasks of in-process executors
@@ -63,6 +66,11 @@ impl<'a> Fov<'a> {
     /// As [`Fov::new`].
     pub fn from_shared(dims: Dims, yr: &'a Arc<Array2<f32>>) -> Result<Self> {
         Ok(Fov { shared: Some(yr), ..Fov::new(dims, yr.view())? })
+    }
+
+    /// The same field of view with a memory budget in bytes (see [`Fov::budget`]).
+    pub fn with_budget(self, budget: Option<u64>) -> Self {
+        Fov { budget, ..self }
     }
 
     /// Pixels `d`.

@@ -692,7 +692,7 @@ pub fn evaluate_components<E: Executor>(
     }
     if est.yr_a.is_none() {
         tracing::debug!("evaluate_components: computing the residual traces YrA");
-        est.compute_residuals(fov.yr, crate::cnmf::main_thread_par(exec))?;
+        est.compute_residuals_fov(fov, exec)?;
     }
     let (q, stats) = component_quality(fov, est, params, exec)?;
     let nan_r: Vec<usize> = (0..q.r_values.len()).filter(|&k| q.r_values[k].is_nan()).collect();

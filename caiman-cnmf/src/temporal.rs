@@ -16,9 +16,9 @@
 //! With `p = 0` nothing is deconvolved: `C_k = max(y_k, 0)`, `S_k = C_k`, `bl = c1 = 0`, `g = []`
 //! (CaImAn's values), the trace noise `sn` is still estimated.
 //!
-//! The heavy product `AbᵀY` ([`ab_t_y`]) reads every needed pixel row of `Yr` once (pixels
-//! in order, all components of a pixel at once) and splits the frames into fixed chunks for the
-//! inner threads, so its result does not depend on the number of threads. The traces of a group
+//! The heavy product `AbᵀY` ([`crate::passes::mt_y`]) reads every needed pixel row of `Yr` once,
+//! by blocks of pixel rows that are executor tasks (out of core for a memmapped movie), and its
+//! result does not depend on the executor. The traces of a group
 //! are deconvolved through the executor ([`crate::foopsi::deconvolve_traces_with`]), each trace by
 //! the same code whatever the strategy, so results are bit-identical across executors.
 //!
@@ -34,7 +34,7 @@
 //!   instead of summing them first (rounding-level differences only).
 //! * Bad input (shapes, non-finite footprints or traces) is a typed [`Error`].
 
-use caiman_parallel::{Executor, Par, RunStats};
+use caiman_parallel::{Executor, RunStats};
 use ndarray::{Array2, ArrayView2, s};
 
 use crate::error::{Error, Result};
@@ -241,68 +241,6 @@ pub fn update_order_greedy(a: &CscMatrix) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Frames per chunk of [`ab_t_y`] (a chunk is the unit of inner parallelism).
-const FRAME_CHUNK: usize = 256;
-
-/// `MᵀY` for a sparse `d × n` matrix `M` and the movie `Yr` (`d × T`, f32): an `n × T` matrix
-/// accumulated in f64, pixel after pixel (every pixel row that `M` touches is read once).
-///
-/// Frames are split into fixed chunks processed on up to `par.degree()` threads; every output
-/// value is accumulated in the same order whatever the degree, so the result does not depend on
-/// it.
-///
-/// # Errors
-/// [`Error::ShapeMismatch`] if `Yr` does not have `M.nrows()` rows.
-pub fn ab_t_y(m: &CscMatrix, yr: ArrayView2<'_, f32>, par: Par) -> Result<Array2<f64>> {
-    let (d, t) = yr.dim();
-    if d != m.nrows() {
-        return Err(Error::ShapeMismatch {
-            what: "Yr (rows = pixels of the footprints)",
-            expected: vec![m.nrows()],
-            got: vec![d],
-        });
-    }
-    let n = m.ncols();
-    let rows = RowLists::new(m);
-    let chunks = t.div_ceil(FRAME_CHUNK);
-    let blocks: Vec<Vec<f64>> = par.map_indices(chunks, |ci| {
-        let t0 = ci * FRAME_CHUNK;
-        let w = FRAME_CHUNK.min(t - t0);
-        let mut out = vec![0f64; n * w];
-        let mut y = vec![0f64; w];
-        for p in 0..d {
-            let e = rows.row(p);
-            if e.is_empty() {
-                continue;
-            }
-            let src = yr.slice(s![p, t0..t0 + w]);
-            match src.as_slice() {
-                Some(sl) => y.iter_mut().zip(sl).for_each(|(o, &v)| *o = f64::from(v)),
-                None => y.iter_mut().zip(src.iter()).for_each(|(o, &v)| *o = f64::from(v)),
-            }
-            for &(k, v) in e {
-                let o = &mut out[k * w..(k + 1) * w];
-                for (o, &yv) in o.iter_mut().zip(&y) {
-                    *o += v * yv;
-                }
-            }
-        }
-        out
-    });
-    let mut res = Array2::<f64>::zeros((n, t));
-    for (ci, block) in blocks.iter().enumerate() {
-        let t0 = ci * FRAME_CHUNK;
-        let w = FRAME_CHUNK.min(t - t0);
-        for k in 0..n {
-            res.slice_mut(s![k, t0..t0 + w])
-                .as_slice_mut()
-                .expect("standard layout")
-                .copy_from_slice(&block[k * w..(k + 1) * w]);
-        }
-    }
-    Ok(res)
-}
-
 /// The block-coordinate state: `AA` by rows (sparse) and the residual traces `YrA`.
 struct Bcd {
     /// `aa_rows[j]` = the non-zero `(i, AA[j, i])`.
@@ -378,7 +316,7 @@ pub fn update_temporal_components<E: Executor>(
     let inv_na: Vec<f64> = (0..kk).map(|i| 1.0 / (g[[i, i]] + EPS_F32)).collect();
     let aa_rows: Vec<Vec<(usize, f64)>> =
         (0..kk).map(|j| (0..kk).filter(|&i| g[[j, i]] != 0.0).map(|i| (i, g[[j, i]] * inv_na[i])).collect()).collect();
-    let mut ya = ab_t_y(&ab, fov.yr, crate::cnmf::main_thread_par(exec))?;
+    let (mut ya, mty_stats) = crate::passes::mt_y(fov, &ab, exec)?;
     for (i, mut row) in ya.rows_mut().into_iter().enumerate() {
         row.mapv_inplace(|v| v * inv_na[i]);
     }
@@ -397,6 +335,9 @@ pub fn update_temporal_components<E: Executor>(
 
     let groups = update_order_greedy(a);
     let (_, mut stats) = exec.map(Vec::<DeconvolveBlock>::new())?;
+    if let Some(m) = &mty_stats {
+        stats = stats.then(m);
+    }
     let mut cur = cf.clone(); // C
     let mut cin = cf; // Cin: C at the start of the sweep
     let mut s_mat = Array2::<f64>::zeros((k, t));

@@ -1,4 +1,4 @@
-//! Temporal update (`update_temporal_components`, `update_order_greedy`, `ab_t_y`) against CaImAn
+//! Temporal update (`update_temporal_components`, `update_order_greedy`, `AbᵀY`) against CaImAn
 //! 1.12.1's toy-data result and ground truth, plus independent checks: brute-force greedy order
 //! and product, recovery of synthetic traces, the monotone objective of the `p = 0` step,
 //! executor independence and typed errors.
@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use caiman_cnmf::Error;
 use caiman_cnmf::params::{MethodDeconvolution, TemporalParams};
+use caiman_cnmf::passes::mt_y_view as ab_t_y;
 use caiman_cnmf::pixels::Fov;
 use caiman_cnmf::sparse::CscMatrix;
-use caiman_cnmf::temporal::{TemporalResult, ab_t_y, update_order_greedy, update_temporal_components};
+use caiman_cnmf::temporal::{TemporalResult, update_order_greedy, update_temporal_components};
 use caiman_io::Dims;
 use caiman_parallel::{Linear, Par, Threads};
 use common::{Rng, corr};
@@ -300,7 +301,7 @@ fn refit_caiman_result_is_reproduced() {
     let g_ref = local("refit_g.npy");
     // The residual traces of CaImAn's final C are its YrA (checks the projections AbᵀY/nA and AA).
     let mut est = caiman_cnmf::estimates::Estimates::new(dims, a.clone(), c_ref.clone(), b.clone(), f.clone()).unwrap();
-    est.compute_residuals(yr.view(), caiman_parallel::Par::Seq).unwrap();
+    est.compute_residuals_fov(&fov, &Linear::new()).unwrap();
     let yra0 = est.yr_a.unwrap();
     let scale = yra_ref.iter().fold(0f64, |m, v| m.max(v.abs()));
     let max_abs = yra0.iter().zip(yra_ref.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);

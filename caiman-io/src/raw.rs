@@ -36,6 +36,13 @@ impl Bytes {
     }
 }
 
+/// Page size assumed when releasing mapped pages.
+const PAGE: usize = 4096;
+
+/// Reads of at least this many frames from a pixel-major map release each band of pixel rows
+/// as soon as it has been read.
+const EAGER_RELEASE_FRAMES: usize = 64;
+
 /// Map a file read-only.
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -54,6 +61,8 @@ pub(crate) struct RawMovie {
     little_endian: bool,
     pub(crate) layout: Layout,
     scratch: Vec<f32>,
+    /// Frames up to which the pixel-major map was last released (see `release_read`).
+    released_upto: usize,
 }
 
 impl RawMovie {
@@ -83,7 +92,7 @@ impl RawMovie {
                 ),
             ));
         }
-        Ok(RawMovie { bytes, offset, shape, dtype, little_endian, layout, scratch: Vec::new() })
+        Ok(RawMovie { bytes, offset, shape, dtype, little_endian, layout, scratch: Vec::new(), released_upto: 0 })
     }
 
     fn data(&self) -> &[u8] {
@@ -116,8 +125,24 @@ impl RawMovie {
                         f_to_c(dims, &vals[t * d..(t + 1) * d], frame);
                     }
                 }
-                Layout::PixelMajorF => gather_pixel_major(dims, self.shape.frames, vals, start, n, buf),
+                Layout::PixelMajorF => {
+                    // Reads of many frames release each band of pixel rows as soon as it is read
+                    // (the read touches, with the kernel's fault-around, the whole band).
+                    let eager = n >= EAGER_RELEASE_FRAMES;
+                    let row = self.shape.frames * 4;
+                    let (bytes, offset) = (&self.bytes, self.offset);
+                    gather_pixel_major(dims, self.shape.frames, vals, start, n, buf, &mut |p0, p1| {
+                        if eager {
+                            release_mapped(bytes, offset + p0 * row, offset + p1 * row);
+                        }
+                    });
+                    if eager {
+                        self.released_upto = start + n;
+                        return;
+                    }
+                }
             }
+            self.release_read(start, n);
             return;
         }
         match self.layout {
@@ -147,16 +172,71 @@ impl RawMovie {
                     decode_into_f32(self.dtype, self.little_endian, &self.data()[from..from + n * es], &mut row);
                     scratch[p * n..(p + 1) * n].copy_from_slice(&row);
                 }
-                gather_pixel_major(dims, n, &scratch, 0, n, buf);
+                gather_pixel_major(dims, n, &scratch, 0, n, buf, &mut |_, _| {});
                 self.scratch = scratch;
             }
         }
+        self.release_read(start, n);
+    }
+
+    /// After a read of frames `start .. start + n`: drops the mapped pages it touched from this
+    /// process's resident set, so a memory-mapped movie read frame range by frame range holds
+    /// no more resident memory than the frames being read (the pages stay in the page cache). For
+    /// the frame-major layouts that is the frames' bytes. In the pixel-major layout every frame is
+    /// strided over the whole file (one page per pixel), so the whole map is dropped once the reads
+    /// have moved past a page's worth of frames of every pixel (1024 f32 frames): each page is
+    /// faulted in about twice while read, and resident memory stays near two pages per pixel
+    /// instead of growing to the file. No-op for bytes held in memory.
+    fn release_read(&mut self, start: usize, n: usize) {
+        if !matches!(self.bytes, Bytes::Mapped(_)) {
+            return;
+        }
+        let frame = self.shape.dims.pixels() * self.dtype.size();
+        let (from, to) = match self.layout {
+            Layout::FramesC | Layout::FramesF => (start * frame, (start + n) * frame),
+            Layout::PixelMajorF => {
+                let per_page = (PAGE / self.dtype.size()).max(1);
+                let end = start + n;
+                if end < self.released_upto + per_page && start >= self.released_upto.saturating_sub(per_page) {
+                    return;
+                }
+                self.released_upto = end;
+                (0, self.shape.frames * frame)
+            }
+        };
+        release_mapped(&self.bytes, self.offset + from, self.offset + to);
+    }
+}
+
+/// Drops the pages of the bytes `from..to` (widened to whole pages) of a mapped file from this
+/// process's resident set; no-op for bytes held in memory.
+fn release_mapped(bytes: &Bytes, from: usize, to: usize) {
+    let Bytes::Mapped(map) = bytes else { return };
+    let lo = from / PAGE * PAGE;
+    let hi = to.div_ceil(PAGE).saturating_mul(PAGE).min(map.len());
+    if hi > lo {
+        // SAFETY: the map is a read-only shared mapping of a file. MADV_DONTNEED only removes
+        // this process's page-table entries; the next access faults the same file contents back
+        // in, so no reference into the map observes a change. A page size other than 4 KiB makes
+        // the call fail (EINVAL), which is harmless: nothing is released.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
     }
 }
 
 /// Gather frames `start..start + n` from pixel-major values (`vals[p·t_len + t]`, Fortran pixel
 /// index `p`) into C-ordered frames, in tiles so reads and writes both stay cache-local.
-fn gather_pixel_major(dims: Dims, t_len: usize, vals: &[f32], start: usize, n: usize, buf: &mut [f32]) {
+///
+/// `done(p0, p1)` is called once the pixel rows `p0..p1` have been read (after every band of
+/// columns in 2-D, once at the end for volumes).
+fn gather_pixel_major(
+    dims: Dims,
+    t_len: usize,
+    vals: &[f32],
+    start: usize,
+    n: usize,
+    buf: &mut [f32],
+    done: &mut dyn FnMut(usize, usize),
+) {
     const B: usize = 16;
     let d = dims.pixels();
     if dims.d3 != 1 {
@@ -173,6 +253,7 @@ fn gather_pixel_major(dims: Dims, t_len: usize, vals: &[f32], start: usize, n: u
                 }
             }
         }
+        done(0, d);
         return;
     }
     let (d1, d2) = (dims.d1, dims.d2);
@@ -187,6 +268,7 @@ fn gather_pixel_major(dims: Dims, t_len: usize, vals: &[f32], start: usize, n: u
                 }
             }
         }
+        done(d1 * j0, d1 * (j0 + B).min(d2));
     }
 }
 
