@@ -3,6 +3,12 @@
 //!
 //! It is not a dependency of any other crate and holds no algorithm. Run the benches with
 //! `cargo bench -p caiman-bench` (`-- --quick` for a short pass).
+//!
+//! The [`point`] module (and the `caiman-bench-point` binary over it) measures ONE configuration
+//! of one pipeline stage in a fresh process — time, CPU, peak memory of the process tree, scratch
+//! bytes and accuracy against synthetic ground truth — for `cargo xtask perf-sweep`.
+
+pub mod point;
 
 use std::path::{Path, PathBuf};
 

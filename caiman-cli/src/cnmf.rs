@@ -17,8 +17,8 @@ use caiman_cnmf::cnmf::{FitReport, StageReport, fit, run_pipeline_with};
 use caiman_cnmf::params::CnmfParams;
 use caiman_cnmf::pixels::Fov;
 use caiman_cnmf::results::{CnmfResults, save_cnmf};
-use caiman_io::mmap::{MmapName, MmapSource};
-use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Order, WriteOptions};
+use caiman_io::mmap::{CopyStep, MmapName, MmapSource};
+use caiman_io::{Dims, FrameSource, OpenOptions, Order};
 use caiman_parallel::{AnyExecutor, Executor, Strategy};
 use ndarray::Array2;
 use serde::Serialize;
@@ -188,10 +188,7 @@ pub(crate) fn run_cnmf(
     Ok(CnmfRun { results, report, warnings: Vec::new() })
 }
 
-/// A C-order memmap of `movies` for CNMF, plus whether it is the input itself (to be left alone)
-/// rather than a new file named after `base`: a C-order `.mmap` is used as it is, an F-order one
-/// goes through the streaming pixel-block transpose (blocks of `block_bytes`), anything else is
-/// streamed frame by frame into a C-order memmap (CaImAn's `save_memmap(order='C')`).
+/// [`caiman_io::mmap::c_order_memmap`] with progress bars.
 pub(crate) fn c_order_memmap(
     movies: &[PathBuf],
     open: &OpenOptions,
@@ -199,29 +196,19 @@ pub(crate) fn c_order_memmap(
     block_bytes: usize,
     ui: &Ui,
 ) -> Result<(PathBuf, bool)> {
-    if let [single] = movies
-        && let Ok(name) = MmapName::decode(single)
-    {
-        if name.order == Order::C {
-            return Ok((single.clone(), true));
-        }
-        let bar = ui.items_bar(0, "transpose", "blocks");
-        let path = caiman_io::mmap::transpose_f_to_c(single, base, 0, block_bytes, &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })?;
-        bar.finish_and_clear();
-        return Ok((path, false));
+    let mut bar: Option<(CopyStep, indicatif::ProgressBar)> = None;
+    let out = caiman_io::mmap::c_order_memmap(movies, open, base, block_bytes, &mut |step, done, total| {
+        let (_, b) = bar.get_or_insert_with(|| match step {
+            CopyStep::Transpose => (step, ui.items_bar(total, "transpose", "blocks")),
+            CopyStep::Copy => (step, ui.frames_bar(total, "copy")),
+        });
+        b.set_position(done as u64);
+    })
+    .with_context(|| format!("making a C-order memmap of {}", movies[0].display()))?;
+    if let Some((_, b)) = bar {
+        b.finish_and_clear();
     }
-    let mut src = ChainSource::open(movies, open).with_context(|| format!("opening {}", movies[0].display()))?;
-    let shape = src.info().shape;
-    let opts = WriteOptions { order: Order::C, ..Default::default() };
-    let mut w = caiman_io::create(base.with_extension("mmap"), shape, &opts)?;
-    let bar = ui.frames_bar(shape.frames, "copy");
-    caiman_io::copy_frames(&mut src, 0..shape.frames, w.as_mut(), &mut |n| bar.set_position(n as u64))
-        .with_context(|| format!("copying {} to a C-order memmap", movies[0].display()))?;
-    bar.finish_and_clear();
-    Ok((w.finish()?, false))
+    Ok(out)
 }
 
 pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {

@@ -35,6 +35,10 @@ pub(crate) struct Args {
     /// Keep the temporary directory (its path is printed).
     #[arg(long)]
     keep: bool,
+    /// Run OnACID (online, frame by frame, with online motion correction) on the synthetic movie
+    /// instead of the batch pipeline, and score it against the ground truth.
+    #[arg(long)]
+    online: bool,
 }
 
 struct Row {
@@ -121,6 +125,10 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         max_shift,
         truth_path(&tiff).display()
     ));
+
+    if args.online {
+        return demo_online(&tiff, &params, &truth, &say, ui, dir, &args);
+    }
 
     // 2. Conversion to every format, read back and compared with the TIFF.
     let mut reference = open(&tiff, &OpenOptions::default())?;
@@ -239,7 +247,8 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         median(&mut corr_s)
     ));
 
-    // 5. CNMF on the whole corrected field of view (fit → refit → evaluation → ΔF/F), matched to the
+    // 5. CNMF on overlapping patches of the corrected movie (read from its C-order copy), then refit
+    // on the whole field of view, evaluation and ΔF/F — CaImAn's demo_pipeline — matched to the
     // ground truth by mask IoU (CaImAn's nf_match_neurons_in_binary_masks).
     let movie = crate::cnmf::MovieYr::open(&mc.output, None, false, dir, None, ui)?;
     let fov = movie.fov()?;
@@ -255,7 +264,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     let stages =
         run.report.stages.iter().map(|s| format!("{} {:.2}", s.stage, s.seconds)).collect::<Vec<_>>().join(", ");
     say(format!(
-        "\nCNMF on the corrected field of view ({backend}): {:.1} s ({stages} s); {} components, {} accepted; \
+        "\nCNMF on patches, refit on the corrected field of view ({backend}): {:.1} s ({stages} s); {} components, {} accepted; \
          vs the {} ground-truth neurons: F1 {:.3} (precision {:.3}, recall {:.3}), median trace correlation of \
          matched neurons {:.3}; peak memory {:.0} MiB; {}",
         cnmf_s,
@@ -394,20 +403,84 @@ fn demo_cnmf_params(
     frames: usize,
 ) -> Result<caiman_cnmf::params::CnmfParams> {
     let gsig = p.gsig.round().max(1.0);
+    // CaImAn's batch demo settings for two-photon data: overlapping patches (rf 20 → 41 × 41 px,
+    // 8 px overlap, 4 components each), two background components, AR(1), CaImAn's merge
+    // threshold and evaluation defaults (min_SNR 2.5, rval_thr 0.8).
     let json = serde_json::json!({
         "data": {"fr": p.fr, "decay_time": p.tau_decay},
-        "init": {"K": p.n_neurons, "gSig": [gsig, gsig], "nb": 2},
+        "init": {"K": 4, "gSig": [gsig, gsig], "nb": 2},
+        "patch": {"rf": 20, "stride": 8},
         "preprocess": {"p": 1},
-        "spatial": {"nb": 2},
-        "temporal": {"p": 1, "nb": 2},
-        "merging": {"merge_thr": 0.85},
-        "quality": {"min_SNR": 2.0, "rval_thr": 0.85, "use_cnn": false},
-        "patch": {"rf": null}
+        "temporal": {"p": 1},
+        "merging": {"merge_thr": 0.8},
+        "quality": {"min_SNR": 2.5, "rval_thr": 0.8, "use_cnn": false}
     });
     let (mut params, _) = caiman_cnmf::params::CnmfParams::from_caiman_json(&json.to_string())?;
     params.data.dims = Some(vec![dims.d1, dims.d2]);
     params.check_consistency(Some(frames))?;
     Ok(params)
+}
+
+/// `caiman demo --online`: OnACID with CaImAn's online defaults for two-photon data (bare
+/// initialisation on the first 200 frames, online rigid motion correction) on the synthetic movie,
+/// scored against the ground truth.
+fn demo_online(
+    tiff: &Path,
+    p: &caiman_io::synth::SynthParams,
+    truth: &caiman_io::synth::GroundTruth,
+    say: &dyn Fn(String),
+    ui: &Ui,
+    dir: &Path,
+    args: &Args,
+) -> Result<()> {
+    let gsig = p.gsig.round().max(1.0);
+    let json = serde_json::json!({
+        "data": {"fr": p.fr, "decay_time": p.tau_decay},
+        "init": {"K": 4, "gSig": [gsig, gsig], "nb": 2},
+        "preprocess": {"p": 1},
+        "online": {"init_batch": 200, "init_method": "bare", "motion_correct": true, "min_SNR": 2.5}
+    });
+    let shape = p.shape();
+    let (mut params, _) = caiman_cnmf::params::CnmfParams::from_caiman_json(&json.to_string())?;
+    params.data.dims = Some(vec![shape.dims.d1, shape.dims.d2]);
+    params.check_consistency(Some(shape.frames))?;
+    let backend = crate::exec_args::backend_from(None, None, None);
+    let exec = backend.build()?;
+    let opts = caiman_online::FitOnlineOptions { pipelined: true, ..Default::default() };
+    let out = crate::online::run_online(&[tiff.to_path_buf()], &OpenOptions::default(), &params, &opts, &exec, ui)?;
+    let truth_shifts: Vec<[f64; 2]> = (0..shape.frames).map(|t| truth.shift_to_apply(t)).collect();
+    let offset = match crate::online::shifts_array(out.model.shifts()) {
+        Some(s) if s.nrows() == truth_shifts.len() => template_offset(&s, &truth_shifts),
+        _ => [0, 0],
+    };
+    let est = &out.estimates;
+    let all: Vec<usize> = (0..est.n_components()).collect();
+    let (f1, precision, recall, n_gt, corr) = cnmf_vs_truth(est, &all, truth, offset)?;
+    let results_path = dir.join("demo_online.hdf5");
+    caiman_cnmf::results::save_cnmf(&results_path, &caiman_cnmf::results::CnmfResults::new(params, est.clone()))?;
+    let r = &out.report;
+    say(format!(
+        "\nOnACID ({backend}, pipelined, online motion correction): init {:.1} s, online {:.1} s = {:.0} frames/s; \
+         {} → {} components; vs the {} ground-truth neurons: F1 {:.3} (precision {:.3}, recall {:.3}), median trace \
+         correlation of matched neurons {:.3}; peak memory {:.0} MiB; {}",
+        r.seconds_init,
+        r.seconds_online,
+        r.frames_per_second,
+        r.components_init,
+        r.components_final,
+        n_gt,
+        f1,
+        precision,
+        recall,
+        corr,
+        caiman_parallel::peak_rss_kib() as f64 / 1024.0,
+        results_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    if args.keep && args.out.is_none() {
+        let kept = tmp_keep(dir)?;
+        say(format!("kept {}", kept.display()));
+    }
+    Ok(())
 }
 
 /// F1, precision, recall of the accepted components against the ground-truth neurons centred in

@@ -18,6 +18,7 @@ mod exec_args;
 mod figures;
 mod info;
 mod motion;
+mod online;
 mod pipeline;
 mod progress;
 mod summary;
@@ -55,6 +56,8 @@ enum Command {
     Summary(summary::Args),
     /// CNMF (patches when `rf` is set): fit, refit, evaluation, ΔF/F; CaImAn's HDF5 results.
     Cnmf(cnmf::Args),
+    /// OnACID: online source extraction frame by frame; CaImAn's HDF5 results and pictures.
+    Online(online::Args),
     /// The batch pipeline: motion correction, C-order memmap, CNMF, results HDF5 and PNG pictures.
     Pipeline(pipeline::Args),
     /// Write a synthetic two-photon movie and its ground truth.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Deconvolve(a) => deconvolve::run(a, &ui),
         Command::Summary(a) => summary::run(a, &ui),
         Command::Cnmf(a) => cnmf::run(a, &ui),
+        Command::Online(a) => online::run(a, &ui),
         Command::Pipeline(a) => pipeline::run(a, &ui),
         Command::Synth(a) => synth::run(a, &ui),
         Command::Demo(a) => demo::run(a, &ui),

@@ -121,7 +121,7 @@ fn scratch_base(arg: Option<&Path>, output: &Path) -> PathBuf {
 }
 
 /// The three pictures (two without motion shifts), written next to `output`.
-fn write_figures(
+pub(crate) fn write_figures(
     output: &Path,
     cn: &ndarray::Array3<f64>,
     est: &Estimates,

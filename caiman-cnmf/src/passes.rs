@@ -43,11 +43,16 @@ fn blocks(d: usize, frames: usize) -> Vec<Range<usize>> {
     (0..d).step_by(n).map(|s| s..(s + n).min(d)).collect()
 }
 
+/// Bytes a pass over `fov` (or a batch of pixel-block tasks) may hold at once: a quarter of the
+/// budget, 1 GiB without one.
+pub(crate) fn inflight_bytes(fov: &Fov<'_>) -> u64 {
+    fov.budget.map_or(DEFAULT_INFLIGHT, |b| b / 4)
+}
+
 /// How many blocks of `bytes_per_block` (movie rows plus the partial result) a pass over `fov`
 /// keeps in flight.
 fn batch_len(fov: &Fov<'_>, bytes_per_block: u64) -> usize {
-    let inflight = fov.budget.map_or(DEFAULT_INFLIGHT, |b| b / 4);
-    usize::try_from(inflight / bytes_per_block.max(1)).unwrap_or(usize::MAX).max(1)
+    usize::try_from(inflight_bytes(fov) / bytes_per_block.max(1)).unwrap_or(usize::MAX).max(1)
 }
 
 /// Whether tasks can read the rows themselves (memmap or shared movie) rather than be handed a

@@ -69,6 +69,9 @@ use crate::{Error, Result};
 /// Components per r-value task (CaImAn's `num_traces_per_group` in the auto path).
 pub const COMPONENTS_PER_TASK: usize = 50;
 
+/// Most bytes of movie rows one r-value task reads (fewer components per task for long movies).
+const R_TASK_BYTES: u64 = 64 << 20;
+
 /// Registers this module's task types with a worker registry.
 pub fn register_tasks(r: Registry) -> Registry {
     r.register::<RBlock>()
@@ -466,10 +469,20 @@ pub fn classify_components_ep<E: Executor>(
     let mut tasks = Vec::with_capacity(todo.len().div_ceil(COMPONENTS_PER_TASK));
     let mut order = Vec::with_capacity(todo.len());
     let mut it = todo.into_iter().peekable();
+    // A task reads the pixel rows of its components: at most COMPONENTS_PER_TASK of them, and no
+    // more rows than R_TASK_BYTES of movie (each r-value depends on its component only, so the
+    // grouping never changes the results).
+    let row_bytes = t as u64 * 4;
     while it.peek().is_some() {
-        let group: Vec<(usize, RComponent)> = it.by_ref().take(COMPONENTS_PER_TASK).collect();
-        let mut comps = Vec::with_capacity(group.len());
-        for (i, comp) in group {
+        let mut comps = Vec::new();
+        let mut bytes = 0u64;
+        while let Some((_, next)) = it.peek() {
+            let more = next.pixels.len() as u64 * row_bytes;
+            if !comps.is_empty() && (comps.len() >= COMPONENTS_PER_TASK || bytes + more > R_TASK_BYTES) {
+                break;
+            }
+            let (i, comp) = it.next().expect("peeked");
+            bytes += more;
             order.push(i);
             comps.push(comp);
         }

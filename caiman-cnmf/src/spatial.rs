@@ -1576,43 +1576,51 @@ pub fn spatial_regression<E: Executor>(
         None => default_block(d, t),
     };
     let f_flat: Vec<f64> = f.iter().copied().collect();
-    let mut tasks = Vec::with_capacity(d.div_ceil(block));
-    let mut globals = Vec::with_capacity(d.div_ceil(block));
-    let mut ranges = Vec::with_capacity(d.div_ceil(block));
-    let mut start = 0;
-    while start < d {
-        let range = start..(start + block).min(d);
-        let geo = BlockGeometry { support: &support, k1, n_feat, feats: &feats, gram: &gram, cct: &cct };
-        let (task, glob) = make_block(fov, range.clone(), &geo, sn, params.method_ls, &f_flat);
-        ranges.push(range);
-        tasks.push(task);
-        globals.push(glob);
-        start += block;
-    }
-    // Per-pixel feature lists (global indices), known before the tasks run.
+    let ranges: Vec<std::ops::Range<usize>> = (0..d).step_by(block).map(|s| s..(s + block).min(d)).collect();
+    // Tasks are built and mapped in batches holding at most a pass's share of the memory budget
+    // (features and rows of each task); the batching never changes the results.
+    let inflight = crate::passes::inflight_bytes(fov);
     let mut indptr = Vec::with_capacity(d + 1);
     indptr.push(0);
     let mut features = Vec::new();
-    for (task, glob) in tasks.iter().zip(&globals) {
-        for w in task.list_ptr.windows(2) {
-            features.extend(task.lists[w[0]..w[1]].iter().map(|&l| glob[l]));
-            indptr.push(features.len());
-        }
-    }
-    let (outputs, stats) = exec.map(tasks)?;
-    let mut values = Vec::with_capacity(features.len());
+    let mut values = Vec::new();
     let mut yf = Array2::<f64>::zeros((d, nb));
-    for (out, range) in outputs.iter().zip(&ranges) {
-        if out.yf.len() != range.len() * nb {
-            return Err(Error::InvalidParam("a spatial block returned an inconsistent output".into()));
+    let mut stats: Option<RunStats> = None;
+    let mut next = 0;
+    while next < ranges.len() {
+        let (mut tasks, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0u64);
+        while next < ranges.len() && (tasks.is_empty() || bytes < inflight) {
+            let range = ranges[next].clone();
+            let geo = BlockGeometry { support: &support, k1, n_feat, feats: &feats, gram: &gram, cct: &cct };
+            let (task, glob) = make_block(fov, range.clone(), &geo, sn, params.method_ls, &f_flat);
+            // Per-pixel feature lists (global indices), known before the task runs.
+            for w in task.list_ptr.windows(2) {
+                features.extend(task.lists[w[0]..w[1]].iter().map(|&l| glob[l]));
+                indptr.push(features.len());
+            }
+            bytes += ((task.features.len() + task.gram.len()) * 8 + range.len() * t * 4) as u64;
+            tasks.push(task);
+            batch.push(range);
+            next += 1;
         }
-        values.extend_from_slice(&out.coefs);
-        for (px, p) in range.clone().enumerate() {
-            for m in 0..nb {
-                yf[[p, m]] = out.yf[px * nb + m];
+        let (outputs, s) = exec.map(tasks)?;
+        stats = Some(match stats {
+            Some(prev) => prev.then(&s),
+            None => s,
+        });
+        for (out, range) in outputs.iter().zip(&batch) {
+            if out.yf.len() != range.len() * nb {
+                return Err(Error::InvalidParam("a spatial block returned an inconsistent output".into()));
+            }
+            values.extend_from_slice(&out.coefs);
+            for (px, p) in range.clone().enumerate() {
+                for m in 0..nb {
+                    yf[[p, m]] = out.yf[px * nb + m];
+                }
             }
         }
     }
+    let stats = stats.ok_or(Error::Empty { what: "movie (no pixels)" })?;
     if values.len() != features.len() {
         return Err(Error::InvalidParam("spatial blocks returned inconsistent outputs".into()));
     }

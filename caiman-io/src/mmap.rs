@@ -450,6 +450,49 @@ impl MovieWriter for MmapWriter {
         me.pending.commit()
     }
 }
+/// Which step [`c_order_memmap`] reports progress for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyStep {
+    /// The pixel-block transpose of an F-order memmap (progress in pixel blocks).
+    Transpose,
+    /// The frame-by-frame copy of any other input (progress in frames).
+    Copy,
+}
+
+/// The C-order memmap CNMF reads for `movies` (chained into one movie), plus whether it is the
+/// input itself (to be left alone) rather than a new file named after `base`: a single C-order
+/// `.mmap` is used as it is, a single F-order one goes through [`transpose_f_to_c`] (pixel blocks
+/// of at most `block_bytes`), anything else is streamed frame by frame into a C-order memmap
+/// (CaImAn's `save_memmap(order='C')`). `progress(step, done, total)` hears about the work.
+///
+/// # Errors
+/// Errors of opening, reading and writing, naming the file.
+pub fn c_order_memmap(
+    movies: &[PathBuf],
+    open: &crate::OpenOptions,
+    base: &Path,
+    block_bytes: usize,
+    progress: &mut dyn FnMut(CopyStep, usize, usize),
+) -> Result<(PathBuf, bool)> {
+    if let [single] = movies
+        && let Ok(name) = MmapName::decode(single)
+    {
+        if name.order == Order::C {
+            return Ok((single.clone(), true));
+        }
+        let path = transpose_f_to_c(single, base, 0, block_bytes, &mut |done, total| {
+            progress(CopyStep::Transpose, done, total)
+        })?;
+        return Ok((path, false));
+    }
+    let mut src = crate::ChainSource::open(movies, open)?;
+    let shape = src.info().shape;
+    let opts = crate::WriteOptions { order: Order::C, ..Default::default() };
+    let mut w = crate::create(base.with_extension("mmap"), shape, &opts)?;
+    crate::copy_frames(&mut src, 0..shape.frames, w.as_mut(), &mut |n| progress(CopyStep::Copy, n, shape.frames))?;
+    Ok((w.finish()?, false))
+}
+
 /// Copies the F-order memmap `src` (frames contiguous) to a C-order memmap named after `base`
 /// (pixel rows contiguous), pixel block by pixel block: each block of pixel rows (at most
 /// `block_bytes`) is gathered from tiles of frames with positioned reads, zeroed where it lies

@@ -1,3 +1,116 @@
-//! `caiman-online`: CaImAn's OnACID — streaming source extraction, one frame at a time.
+//! `caiman-online`: CaImAn's OnACID — streaming source extraction, one frame at a time, with
+//! memory bounded in the movie length except for the traces themselves (`K × T` floats).
 //!
-//! Being written; see issue 8.
+//! What it is (catalog §8):
+//! * [`initialize`]: OnACID's initialisation on the first `init_batch` frames — `bare` (greedy ROI
+//!   and HALS), `cnmf` (a full CNMF fit of the batch, patches when `patch.rf` is set) or `seeded`
+//!   (binary masks) — after `ds_factor` down-sampling, motion correction and normalisation of the
+//!   batch as CaImAn's `initialize_online`;
+//! * [`OnAcid`]: the online state (footprints `Ab = [b | A]` with their supports, `C_on`,
+//!   `noisyC`, one incremental OASIS per neuron, the sufficient statistics `CY`, `CC`, the
+//!   residual ring buffers, greedy non-overlapping groups, capacity growth) and
+//!   [`OnAcid::fit_next`]: demixing by HALS on the new frame, deconvolution, residual buffers,
+//!   detection of new components (score image, peak candidates, rank-1 NMF, space correlation,
+//!   duplicate and exceptionality tests), lagged sufficient statistics, shape updates every
+//!   `update_freq` frames and removal of vanished components;
+//! * [`OnlinePipeline`]: the per-frame path from a raw frame of any source (C order, input size):
+//!   NaN check, down-sampling, normalisation, online rigid or piecewise-rigid motion correction
+//!   against the current model (`mc_next`), then `fit_next`; results readable at any moment;
+//! * [`fit_online`]: CaImAn's `fit_online` over one or more `caiman_io::FrameSource`s with
+//!   `epochs` and `stop_detection`, a progress callback, and a pipelined mode that overlaps reading
+//!   and motion correction of the next block with demixing of the current one on two inner threads
+//!   of `caiman-parallel`.
+//!
+//! Results are `caiman_cnmf::estimates::Estimates` (so `caiman_cnmf::results::save_cnmf` writes
+//! them in the batch HDF5 layout); `noisyC`, `C_on`, `time_neuron_added` and the shifts are on the
+//! model. Parameters are CaImAn's, from `caiman_cnmf::params::CnmfParams` (`online` group plus
+//! `init`, `preprocess.p`, `temporal.s_min`, `motion`, `data.fr`/`decay_time`).
+//!
+//! What it is not: no file formats (frames come through `caiman-io`), no threads of its own (the
+//! pipelined mode runs on `caiman_parallel::Par`), no printing. Not implemented: 1-photon
+//! (CNMF-E ring model, `method_init='corr_pnr'`), volumes, the online CNN (`sniper_mode` /
+//! `test_both`: the CNN weights are not available; candidates are screened by the space
+//! correlation only and a warning is logged), the ring-CNN background, `use_corr_img`, the
+//! simultaneous demix-and-deconvolve mode (`simultaneously`), distributed shape updates
+//! (`dist_shape_update`), showing or saving the online movie. These settings are rejected or
+//! logged by [`check_params`].
+//!
+//! Deliberate deviations from CaImAn 1.12.1 (catalog §8; \[Q\] marks the catalogue's quirks):
+//! * \[Q\] Bare/seeded initialisation residuals `YrA` normalise both terms by `‖a_k‖²` (the batch
+//!   `compute_residuals`), not the second by `‖a_j‖²`.
+//! * \[Q\] `use_peak_max = False` takes the arg-max of the score once, instead of
+//!   `min_num_trial` copies of the same pixel.
+//! * Reproduced on purpose (measured on CaImAn's reference movie: they matter for which
+//!   candidates are found): after a component is added, `rho_buf`/`sv` around it are recomputed
+//!   from the blurred *signed* residuals (elsewhere from their positive part), and `sv` there sums
+//!   all `mbs` buffered frames (elsewhere the newest `mbs − 1`). The consistent variants found more
+//!   duplicate components (F1 0.667 and 0.694 against 0.704 with CaImAn's rule).
+//! * `s_min < 0` is converted to an absolute threshold per candidate (CaImAn overwrites its
+//!   variable with the first candidate's value).
+//! * Frames after the initial batch are down-sampled with `INTER_AREA` like the batch (CaImAn
+//!   uses `cv2.resize`'s default bilinear there).
+//! * `init_method='cnmf'` does not divide `A`, `b` by `img_norm` again after fitting normalised
+//!   frames (CaImAn does so on its patch path only).
+//! * Online motion correction registers each frame on the model frame `Ab·C_on[:, t−1]` with the
+//!   NoRMCorre FFT registration (0.1 px) and a cubic shift, instead of OpenCV's
+//!   `matchTemplate`-based `motion_correct_iteration_fast`; the initial batch is registered the
+//!   same way on `initial_template` of the batch. `min_mov` is not subtracted.
+//! * Component removal after a shape update only removes neurons (a vanished background column
+//!   would make CaImAn delete the wrong OASIS instance); `time_neuron_added` follows the removals.
+//! * Storage: `CY` only on each component's support (the only entries CaImAn reads), no dense
+//!   `Ab_dense` copy (`d × expected_comps`); sums in f64. After a component is added only the
+//!   window's pixels of `mean_buff` are recomputed (the rest of the buffer did not change).
+//! * `Ab_epoch` (footprints after each epoch) is not kept.
+
+mod error;
+mod filters;
+mod init;
+mod onacid;
+mod pipeline;
+mod preprocess;
+mod ring;
+
+pub use error::{Error, Result};
+pub use init::initialize;
+pub use onacid::{FrameReport, OnAcid, StageTimes};
+pub use pipeline::{FitOnlineOptions, OnlineOutput, OnlinePipeline, OnlineReport, Progress, fit_online};
+pub use preprocess::working_dims;
+
+use caiman_cnmf::params::CnmfParams;
+
+/// Checks what OnACID here cannot honour: returns the warnings for settings that are ignored
+/// (`sniper_mode`, `test_both`, `show_movie`, `save_online_movie`, `dist_shape_update`) and logs
+/// them.
+///
+/// # Errors
+/// [`Error::Unsupported`] for `ring_CNN`, `use_corr_img`, `simultaneously` and 1-photon
+/// initialisation (`method_init='corr_pnr'`), which would change the results.
+pub fn check_params(params: &CnmfParams) -> Result<Vec<String>> {
+    let on = &params.online;
+    if on.ring_cnn {
+        return Err(Error::Unsupported("online.ring_CNN (TensorFlow background model)".into()));
+    }
+    if on.use_corr_img {
+        return Err(Error::Unsupported("online.use_corr_img (correlation × PNR score image)".into()));
+    }
+    if on.simultaneously {
+        return Err(Error::Unsupported("online.simultaneously (joint demixing and deconvolution)".into()));
+    }
+    if params.init.method_init != caiman_cnmf::params::MethodInit::GreedyRoi {
+        return Err(Error::Unsupported(format!("init.method_init {:?} (1-photon OnACID)", params.init.method_init)));
+    }
+    let mut w = Vec::new();
+    if on.sniper_mode || on.test_both {
+        w.push("online.sniper_mode/test_both: no online CNN here; candidates are screened by rval_thr only".to_owned());
+    }
+    if on.show_movie || on.save_online_movie {
+        w.push("online.show_movie/save_online_movie: no movie is shown or written".to_owned());
+    }
+    if on.dist_shape_update {
+        w.push("online.dist_shape_update: shapes are updated in bulk every update_freq frames".to_owned());
+    }
+    for m in &w {
+        tracing::warn!("{m}");
+    }
+    Ok(w)
+}

@@ -1,0 +1,258 @@
+//! OnACID's initialisation on the first `init_batch` frames (CaImAn's `initialize_online`,
+//! `bare_initialization`, `seeded_initialization`, `HALS4shapes`): down-sampling, motion
+//! correction and normalisation of the batch, then `bare` (greedy ROI + HALS), `cnmf` (a full
+//! CNMF fit of the batch) or `seeded` (binary masks), then [`OnAcid::from_estimates`].
+
+use caiman_cnmf::cnmf::main_thread_par;
+use caiman_cnmf::estimates::Estimates;
+use caiman_cnmf::init::{HalsFactors, HalsOptions, hals, initialize_components, seeded_initialization};
+use caiman_cnmf::params::{CnmfParams, OnlineInitMethod};
+use caiman_cnmf::pixels::Fov;
+use caiman_cnmf::sparse::CscMatrix;
+use caiman_io::Dims;
+use caiman_parallel::Executor;
+use ndarray::{Array2, ArrayView3};
+
+use crate::error::{Error, Result};
+use crate::onacid::OnAcid;
+use crate::preprocess::{FramePrep, correct_batch, working_dims};
+
+/// `YrA`: for each neuron `k`, `(a_kᵀY − Σ_j (ab_kᵀab_j)·cf_j) / (‖a_k‖² + eps)` over
+/// `Ab = [A | b]`, `Cf = [C; f]` (the batch `compute_residuals`, both terms normalised by
+/// `‖a_k‖²`).
+fn residual_traces(est: &Estimates, yr: &Array2<f32>) -> Array2<f64> {
+    let (k, t) = est.c.dim();
+    let nb = est.b.ncols();
+    // Dense columns of Ab (neurons then background) are only touched on their supports.
+    let mut cols: Vec<(Vec<usize>, Vec<f64>)> = (0..k)
+        .map(|j| {
+            let (r, v) = est.a.col(j);
+            (r.to_vec(), v.iter().map(|&x| f64::from(x)).collect())
+        })
+        .collect();
+    for j in 0..nb {
+        let (r, v): (Vec<usize>, Vec<f64>) =
+            est.b.column(j).iter().enumerate().filter(|(_, x)| **x != 0.0).map(|(p, &x)| (p, f64::from(x))).unzip();
+        cols.push((r, v));
+    }
+    let d = yr.nrows();
+    let mut dense = vec![0f64; d];
+    let mut out = Array2::<f64>::zeros((k, t));
+    for i in 0..k {
+        let (ri, vi) = &cols[i];
+        ri.iter().zip(vi).for_each(|(&p, &v)| dense[p] = v);
+        let na: f64 = vi.iter().map(|v| v * v).sum::<f64>() + caiman_cnmf::estimates::EPS_F32;
+        let mut row = out.row_mut(i);
+        for (&p, &v) in ri.iter().zip(vi) {
+            row.iter_mut().zip(yr.row(p)).for_each(|(o, &y)| *o += v * f64::from(y));
+        }
+        for (j, (rj, vj)) in cols.iter().enumerate() {
+            let w: f64 = rj.iter().zip(vj).map(|(&p, &v)| v * dense[p]).sum();
+            if w != 0.0 {
+                let cf = if j < k { est.c.row(j) } else { est.f.row(j - k) };
+                row.iter_mut().zip(cf).for_each(|(o, &c)| *o -= w * c);
+            }
+        }
+        row.mapv_inplace(|v| v / na);
+        ri.iter().for_each(|&p| dense[p] = 0.0);
+    }
+    out
+}
+
+/// `numpy.median` of a slice (mean of the two middle values for an even length).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+/// CaImAn's `HALS4shapes(Yr, A, C, iters)`: block-coordinate descent on the footprints,
+/// each restricted to its initial support (`A > 0`). `yr_res` is `Y − b·f` (pixels × frames).
+fn hals4shapes(yr_res: &Array2<f32>, a: &mut Array2<f32>, c: &Array2<f64>, iters: usize) {
+    let k = a.ncols();
+    let support: Vec<Vec<usize>> = (0..k).map(|m| (0..a.nrows()).filter(|&p| a[[p, m]] > 0.0).collect()).collect();
+    let v = c.dot(&c.t());
+    let vdiag: Vec<f64> = (0..k).map(|m| v[[m, m]] + f64::EPSILON).collect();
+    // U[m, p] = C[m]·Y[p] on the support only.
+    let u: Vec<Vec<f64>> = (0..k)
+        .map(|m| {
+            support[m]
+                .iter()
+                .map(|&p| yr_res.row(p).iter().zip(c.row(m)).map(|(&y, &cc)| f64::from(y) * cc).sum())
+                .collect()
+        })
+        .collect();
+    for _ in 0..iters {
+        for m in 0..k {
+            for (s, &p) in support[m].iter().enumerate() {
+                let dot: f64 = (0..k).map(|j| v[[m, j]] * f64::from(a[[p, j]])).sum();
+                a[[p, m]] = (f64::from(a[[p, m]]) + (u[m][s] - dot) / vdiag[m]).max(0.0) as f32;
+            }
+        }
+    }
+}
+
+/// The initial batch as OnACID sees it: `yr` (pixels × frames, Fortran order, working size),
+/// `img_min`, `img_norm`, the batch shifts.
+struct Batch {
+    yr: Array2<f32>,
+    dims: Dims,
+    img_min: f32,
+    img_norm: Vec<f32>,
+    shifts: Vec<[f64; 2]>,
+}
+
+fn prepare_batch(params: &CnmfParams, frames: ArrayView3<'_, f32>) -> Result<Batch> {
+    let (t, d1, d2) = frames.dim();
+    let input = Dims::planar(d1, d2);
+    let dims = working_dims(input, params.online.ds_factor)?;
+    let d = dims.pixels();
+    let mut prep = FramePrep::new(input, dims);
+    let mut yr = Array2::<f32>::zeros((d, t));
+    let mut buf = vec![0f32; d];
+    let mut frame = Vec::with_capacity(d1 * d2);
+    for k in 0..t {
+        frame.clear();
+        frame.extend(frames.index_axis(ndarray::Axis(0), k).iter().copied());
+        if frame.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { source_name: "initial batch".into(), frame: k });
+        }
+        prep.prepare(&frame, &mut buf);
+        yr.column_mut(k).iter_mut().zip(&buf).for_each(|(o, &v)| *o = v);
+    }
+    let shifts = if params.online.motion_correct {
+        correct_batch(&mut yr, dims, params.max_shifts_online())?
+    } else {
+        Vec::new()
+    };
+    let img_min = yr.iter().copied().fold(f32::INFINITY, f32::min);
+    let normalize = params.online.normalize;
+    if normalize {
+        yr.mapv_inplace(|v| v - img_min);
+    }
+    let std: Vec<f64> = yr.rows().into_iter().map(|r| r.mapv(f64::from).std(0.0)).collect();
+    let med = median(&std);
+    let img_norm: Vec<f32> = std.iter().map(|&s| (s + med) as f32).collect();
+    if normalize {
+        if img_norm.iter().any(|&v| v.is_nan() || v <= 0.0) {
+            return Err(Error::InvalidParam(
+                "normalize: the initial batch is constant (zero standard deviation)".into(),
+            ));
+        }
+        for (mut row, &n) in yr.rows_mut().into_iter().zip(&img_norm) {
+            row.mapv_inplace(|v| v / n);
+        }
+    }
+    Ok(Batch { yr, dims, img_min, img_norm, shifts })
+}
+
+/// Initialises OnACID on the first frames (`T × d1 × d2`, C order as a `FrameSource` delivers
+/// them; `T` is normally `online.init_batch`): CaImAn's `initialize_online` with
+/// `online.init_method`:
+/// * `bare`: `initialize_components` (greedy ROI + HALS, the `init` group) on the batch;
+/// * `cnmf`: `cnmf::fit` of the batch (patches when `patch.rf` is set), deconvolution results
+///   taken over;
+/// * `seeded`: `masks` (pixels × K, non-zero = in the mask, at the working size) → background
+///   NMF, mask-restricted `HALS4shapes` (5 sweeps) and `hals` (8 iterations).
+///
+/// # Errors
+/// [`Error::InvalidParam`] for `seeded` without masks, masks of the wrong size, `nb < 0`, and the
+/// checks of [`OnAcid::from_estimates`]; [`Error::NonFinite`] for NaN frames; kernel errors.
+pub fn initialize<E: Executor>(
+    params: &CnmfParams,
+    frames: ArrayView3<'_, f32>,
+    masks: Option<&CscMatrix>,
+    exec: &E,
+) -> Result<OnAcid> {
+    crate::check_params(params)?;
+    if frames.dim().0 == 0 {
+        return Err(Error::InvalidParam("the initial batch has no frames".into()));
+    }
+    if params.init.nb < 0 {
+        return Err(Error::InvalidParam(format!("init.nb must be ≥ 0 for OnACID, got {}", params.init.nb)));
+    }
+    let nb = params.init.nb as usize;
+    let b = prepare_batch(params, frames)?;
+    let par = main_thread_par(exec);
+    let dims = b.dims;
+    let yr = &b.yr;
+    let est = match params.online.init_method {
+        OnlineInitMethod::Bare => {
+            let mut init_params = params.init.clone();
+            init_params.nb = nb as i64;
+            let r = initialize_components(yr.view(), dims, &init_params, true, par)?;
+            let mut est = Estimates::new(dims, r.a, r.c, r.b, r.f)?;
+            est.yr_a = Some(residual_traces(&est, yr));
+            est.center = Some(r.center);
+            est
+        }
+        OnlineInitMethod::Cnmf => {
+            let fov = Fov::new(dims, yr.view())?;
+            let (mut est, _report) = caiman_cnmf::cnmf::fit(&fov, params, exec)?;
+            if est.yr_a.is_none() {
+                est.yr_a = Some(residual_traces(&est, yr));
+            }
+            est
+        }
+        OnlineInitMethod::Seeded => {
+            let masks = masks.ok_or_else(|| Error::InvalidParam("init_method 'seeded' needs masks".into()))?;
+            if masks.nrows() != dims.pixels() {
+                return Err(Error::ShapeMismatch {
+                    what: "seed masks (pixels of the working frame)",
+                    expected: vec![dims.pixels()],
+                    got: vec![masks.nrows()],
+                });
+            }
+            let r = seeded_initialization(yr.view(), dims, masks, nb, par)?;
+            // Masks L1-normalised, C = max(0, AᵀY − (Aᵀb)f), then HALS4shapes and hals.
+            let k = masks.ncols();
+            let mut a = Array2::<f32>::zeros((dims.pixels(), k));
+            for m in 0..k {
+                let (rows, vals) = masks.col(m);
+                let cnt = vals.iter().filter(|&&v| v != 0.0).count().max(1) as f32;
+                rows.iter().zip(vals).filter(|&(_, &v)| v != 0.0).for_each(|(&p, _)| a[[p, m]] = 1.0 / cnt);
+            }
+            let bf = r.b.mapv(f64::from).dot(&r.f);
+            let yr_res: Array2<f32> = yr.mapv(f64::from).zip_map_ok(&bf);
+            let mut c = a.t().mapv(f64::from).dot(&yr_res.mapv(f64::from));
+            c.mapv_inplace(|v| v.max(0.0));
+            hals4shapes(&yr_res, &mut a, &c, 5);
+            let f = hals(
+                yr.view(),
+                dims,
+                &HalsFactors { a, c, b: r.b, f: r.f },
+                HalsOptions { b_siz: None, max_iter: 8 },
+                par,
+            )?;
+            let mut est = Estimates::new(dims, CscMatrix::from_dense(f.a.view()), f.c, f.b, f.f)?;
+            est.yr_a = Some(residual_traces(&est, yr));
+            est
+        }
+    };
+    let mut s = OnAcid::from_estimates(params, est, yr.view())?;
+    s.in_dims = Dims::planar(frames.dim().1, frames.dim().2);
+    s.img_min = b.img_min;
+    s.img_norm = b.img_norm;
+    s.shifts = b.shifts;
+    Ok(s)
+}
+
+/// `Y − b·f` as f32 (helper trait to keep the seeded branch readable).
+trait ZipMapOk {
+    fn zip_map_ok(&self, bf: &Array2<f64>) -> Array2<f32>;
+}
+
+impl ZipMapOk for Array2<f64> {
+    fn zip_map_ok(&self, bf: &Array2<f64>) -> Array2<f32> {
+        let mut out = Array2::<f32>::zeros(self.dim());
+        ndarray::Zip::from(&mut out).and(self).and(bf).for_each(|o, &y, &b| *o = (y - b) as f32);
+        out
+    }
+}
