@@ -27,9 +27,8 @@
 //!
 //! What it is not: a timer of anything outside that region (movie synthesis, ground-truth scoring
 //! and results files are excluded), and not a statistics tool — repeats, medians and the choice of
-//! a configuration belong to `cargo xtask perf-sweep`. The `online` stage (OnACID) is in the stage
-//! list but refused with [`PointError::StageUnavailable`] until `caiman-online`'s driver is wired
-//! in here; this crate does not depend on `caiman-online` yet.
+//! a configuration belong to `cargo xtask perf-sweep`. The `online` stage times OnACID
+//! (`caiman_online::fit_online`, initialisation included) and scores all its components.
 //!
 //! Deliberate differences from CaImAn's own measurements (the eLife Fig. 8d script): peak memory
 //! is the sum of per-process high-water marks (an upper bound of the tree's simultaneous peak,
@@ -66,7 +65,7 @@ pub enum Stage {
     MotionPw,
     /// CNMF: C-order copy, fit (patches when `rf` is set), refit, evaluation, ΔF/F.
     Cnmf,
-    /// OnACID (`caiman-online`): listed, refused until it is wired in.
+    /// OnACID (`caiman_online::fit_online`) on the motion-free movie.
     Online,
 }
 
@@ -95,22 +94,6 @@ impl Stage {
                 let known: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
                 PointError::Config(format!("unknown stage {name:?} (known: {})", known.join(", ")))
             }),
-        }
-    }
-
-    /// `Ok` when this build can run the stage, else why not.
-    ///
-    /// # Errors
-    /// [`PointError::StageUnavailable`] for `online`.
-    pub fn check_available(self) -> Result<(), PointError> {
-        match self {
-            Stage::Online => Err(PointError::StageUnavailable {
-                stage: self.name(),
-                why: "OnACID (caiman-online) is not wired into caiman-bench yet; \
-                      sweep motion-rigid, motion-pw or cnmf"
-                    .into(),
-            }),
-            _ => Ok(()),
         }
     }
 
@@ -339,14 +322,6 @@ pub enum PointError {
     /// A bad configuration (the message says what and why).
     #[error("{0}")]
     Config(String),
-    /// The stage exists but this build cannot run it.
-    #[error("stage `{stage}` is not available: {why}")]
-    StageUnavailable {
-        /// The stage.
-        stage: &'static str,
-        /// Why.
-        why: String,
-    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -643,9 +618,8 @@ struct StageOutcome {
 /// Runs one point and measures it.
 ///
 /// # Errors
-/// [`PointError::StageUnavailable`] for `online`; configuration, movie, stage and executor errors.
+/// Configuration, movie, stage and executor errors.
 pub fn run_point(cfg: &PointConfig) -> Result<PointResult, PointError> {
-    cfg.stage.check_available()?;
     let (prepared, generated) = prepare(&cfg.input, &cfg.cache_dir)?;
     if generated {
         reset_peak_rss();
@@ -668,7 +642,7 @@ pub fn run_point(cfg: &PointConfig) -> Result<PointResult, PointError> {
     } else {
         None
     };
-    let cnmf_params = if cfg.stage == Stage::Cnmf {
+    let cnmf_params = if matches!(cfg.stage, Stage::Cnmf | Stage::Online) {
         let (mut p, _) = CnmfParams::from_caiman_json(&params_text)
             .map_err(|e| PointError::Config(format!("CNMF parameters: {e}")))?;
         let mut dims = vec![prepared.dims[0], prepared.dims[1]];
@@ -688,6 +662,7 @@ pub fn run_point(cfg: &PointConfig) -> Result<PointResult, PointError> {
     let inner = exec.inner_threads().clone();
     let outcome = match (motion_params, cnmf_params) {
         (Some(p), _) => run_motion(&movie, p, &prepared, scratch.path(), &exec)?,
+        (None, Some(p)) if cfg.stage == Stage::Online => run_online(&movie, p, &prepared, &exec)?,
         (None, Some(p)) => run_cnmf(&movie, p, &prepared, scratch.path(), &exec)?,
         (None, None) => return Err(PointError::Config(format!("stage {} has no runner", cfg.stage.name()))),
     };
@@ -845,6 +820,51 @@ pub fn c_order_copy(movie: &Path, scratch: &Path) -> Result<PathBuf, PointError>
     Ok(path)
 }
 
+/// OnACID (`caiman_online::fit_online`, sequential) on the movie; every component is scored (OnACID
+/// does not evaluate its components).
+fn run_online(
+    movie: &Path,
+    params: CnmfParams,
+    prepared: &PreparedMovie,
+    exec: &AnyExecutor,
+) -> Result<StageOutcome, PointError> {
+    let mut sources = vec![
+        caiman_io::open(movie, &OpenOptions::default()).map_err(movie_err(format!("opening {}", movie.display())))?,
+    ];
+    let opts = caiman_online::FitOnlineOptions::default();
+    let out = caiman_online::fit_online(&mut sources, &params, exec, &opts, &mut |_| {})
+        .map_err(|e| PointError::Config(format!("OnACID: {e}")))?;
+    let r = &out.report;
+    let parts = vec![("init".to_owned(), r.seconds_init), ("online".to_owned(), r.seconds_online)];
+    let est = out.estimates;
+    let components = Some(est.n_components());
+    let truth = prepared.cnmf_truth.clone();
+    let score: Option<Box<dyn FnOnce() -> Result<Accuracy, PointError>>> = truth.map(|t| {
+        Box::new(move || {
+            let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
+            let s = caiman_cnmf::matching::score_against_truth(&est.a, est.c.view(), &truth, [0, 0])?;
+            let m = &s.matching;
+            Ok(Accuracy {
+                f1: Some(m.f1),
+                precision: Some(m.precision),
+                recall: Some(m.recall),
+                median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
+                gt_neurons: Some(s.gt_neurons.len()),
+                ..Accuracy::default()
+            })
+        }) as Box<dyn FnOnce() -> Result<Accuracy, PointError>>
+    });
+    Ok(StageOutcome {
+        parts,
+        reported_peak_kib: 0,
+        accuracy: Accuracy::default(),
+        crispness: None,
+        components,
+        accepted: components,
+        score,
+    })
+}
+
 fn run_cnmf(
     movie: &Path,
     params: CnmfParams,
@@ -923,16 +943,7 @@ pub fn main_with_args(args: &[String]) -> Result<String, PointError> {
             serde_json::to_string(&r).map_err(|e| bad_json("result", e))
         }
         [cmd] if cmd == "stages" => {
-            let m: BTreeMap<&str, Option<String>> = Stage::ALL
-                .iter()
-                .map(|s| {
-                    let why = match s.check_available() {
-                        Err(PointError::StageUnavailable { why, .. }) => Some(why),
-                        _ => None,
-                    };
-                    (s.name(), why)
-                })
-                .collect();
+            let m: BTreeMap<&str, Option<String>> = Stage::ALL.iter().map(|s| (s.name(), None)).collect();
             serde_json::to_string(&m).map_err(|e| bad_json("stages", e))
         }
         [cmd, input, cache] if cmd == "prepare" => {
@@ -953,16 +964,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stage_names_round_trip_and_online_is_refused() {
+    fn stage_names_round_trip() {
         for s in Stage::ALL {
             assert_eq!(Stage::from_name(s.name()).unwrap(), s);
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.name()));
         }
         assert!(Stage::from_name("bogus").is_err());
-        let err = Stage::Online.check_available().unwrap_err().to_string();
-        assert!(err.contains("online") && err.contains("caiman-online"), "{err}");
-        assert!(Stage::Cnmf.check_available().is_ok());
     }
 
     #[test]

@@ -156,14 +156,21 @@ fn a_cnmf_point_finds_the_synthetic_neurons() {
 }
 
 #[test]
-fn the_online_stage_is_refused_with_a_clear_message() {
+fn an_online_point_runs_onacid_and_scores_it() {
+    let dir = sweep_dir();
     let cfg = serde_json::json!({
         "stage": "online",
-        "input": {"kind": "synthetic", "d1": 32, "d2": 32, "frames": 50, "seed": 1},
-        "cache_dir": "unused", "scratch_dir": "unused"
+        "input": {"kind": "synthetic", "d1": 64, "d2": 64, "frames": 300, "seed": 1},
+        "cache_dir": dir.path().join("cache"),
+        "scratch_dir": dir.path().join("scratch"),
+        "backend": {"kind": "threads", "workers": 1}
     });
     let out = std::process::Command::new(POINT_BIN).args(["run", &cfg.to_string()]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("online") && err.contains("not available"), "{err}");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: PointResult = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &r.accuracy;
+    assert!(r.components.unwrap() >= 1, "{r:?}");
+    assert!(a.recall.unwrap() >= 0.5, "{a:?}");
+    assert!(a.median_trace_corr.unwrap() >= 0.8, "{a:?}");
+    assert!(r.parts.iter().any(|(p, _)| p == "online"), "{:?}", r.parts);
 }

@@ -82,7 +82,7 @@ impl BlockEntries {
         let mut cols = Vec::new();
         let mut count = vec![0usize; n + 1];
         let mut hits: Vec<(usize, usize, f64)> = Vec::new();
-        for k in 0..m.ncols() {
+        for (k, slot) in local.iter_mut().enumerate() {
             let (rows, vals) = m.col(k);
             let lo = rows.partition_point(|&r| r < range.start);
             let hi = rows.partition_point(|&r| r < range.end);
@@ -90,8 +90,8 @@ impl BlockEntries {
                 if v == 0.0 {
                     continue;
                 }
-                if local[k] == u32::MAX {
-                    local[k] = u32::try_from(cols.len()).expect("fewer than 2³² components");
+                if *slot == u32::MAX {
+                    *slot = u32::try_from(cols.len()).expect("fewer than 2³² components");
                     cols.push(k);
                 }
                 count[r - range.start + 1] += 1;

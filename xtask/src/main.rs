@@ -41,7 +41,7 @@ struct PerfSweep {
     /// Sweep a synthetic movie of this size, D1xD2xT (generated once, cached).
     #[arg(long, value_name = "D1xD2xT")]
     synthetic: Option<String>,
-    /// Only these stages (comma-separated): motion-rigid, motion-pw, cnmf (online: refused until wired).
+    /// Only these stages (comma-separated): motion-rigid, motion-pw, cnmf, online.
     #[arg(long, value_delimiter = ',')]
     stages: Option<Vec<String>>,
     /// Memory budget (e.g. 16G, 512M): points whose median peak exceeds it are not recommended,

@@ -13,7 +13,7 @@
 
 use std::process::ExitCode;
 
-use caiman_bench::point::{PointError, main_with_args};
+use caiman_bench::point::main_with_args;
 
 fn main() -> ExitCode {
     // Worker processes of a `processes` backend are this executable started again: serve tasks.
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(if matches!(e, PointError::StageUnavailable { .. }) { 2 } else { 1 })
+            ExitCode::from(1)
         }
     }
 }
