@@ -47,7 +47,6 @@ use caiman_io::synth::{GroundTruth, SynthParams, truth_path, write_movie_to};
 use caiman_io::{FrameSource, OpenOptions, Order, TiffSample, WriteOptions};
 use caiman_motion::{MotionJob, MotionParams, MotionResult, motion_correct};
 use caiman_parallel::{AnyExecutor, Backend, Executor, THREAD_ENV_VARS};
-use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -612,7 +611,7 @@ struct StageOutcome {
     components: Option<usize>,
     accepted: Option<usize>,
     /// Scoring runs after the timing: kept here until then.
-    score: Option<Box<dyn FnOnce() -> Result<Accuracy, PointError>>>,
+    score: Option<Scorer>,
 }
 
 /// Runs one point and measures it.
@@ -736,11 +735,11 @@ fn run_motion(
     let reported_peak_kib = res.passes.iter().map(|p| p.peak_rss_kib).max().unwrap_or(0);
     let crispness = Some(res.metrics.crispness);
     let truth = prepared.motion_truth.clone();
-    let score: Option<Box<dyn FnOnce() -> Result<Accuracy, PointError>>> = truth.map(|t| {
+    let score: Option<Scorer> = truth.map(|t| {
         Box::new(move || {
             let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
             Ok(Accuracy { shift_rms_px: Some(motion_error(&res, &truth, pw)?), ..Accuracy::default() })
-        }) as Box<dyn FnOnce() -> Result<Accuracy, PointError>>
+        }) as Scorer
     });
     Ok(StageOutcome {
         parts,
@@ -820,6 +819,28 @@ pub fn c_order_copy(movie: &Path, scratch: &Path) -> Result<PathBuf, PointError>
     Ok(path)
 }
 
+/// The deferred scoring of `est` (the components to score) against the synthetic ground truth
+/// (none for a given movie): F1, precision, recall and the median correlation of matched traces.
+fn truth_score(prepared: &PreparedMovie, est: caiman_cnmf::estimates::Estimates) -> Option<Scorer> {
+    let t = prepared.cnmf_truth.clone()?;
+    Some(Box::new(move || {
+        let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
+        let s = caiman_cnmf::matching::score_against_truth(&est.a, est.c.view(), &truth, [0, 0])?;
+        let m = &s.matching;
+        Ok(Accuracy {
+            f1: Some(m.f1),
+            precision: Some(m.precision),
+            recall: Some(m.recall),
+            median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
+            gt_neurons: Some(s.gt_neurons.len()),
+            ..Accuracy::default()
+        })
+    }))
+}
+
+/// A deferred accuracy computation (run after the clock stops).
+type Scorer = Box<dyn FnOnce() -> Result<Accuracy, PointError>>;
+
 /// OnACID (`caiman_online::fit_online`, sequential) on the movie; every component is scored (OnACID
 /// does not evaluate its components).
 fn run_online(
@@ -838,22 +859,7 @@ fn run_online(
     let parts = vec![("init".to_owned(), r.seconds_init), ("online".to_owned(), r.seconds_online)];
     let est = out.estimates;
     let components = Some(est.n_components());
-    let truth = prepared.cnmf_truth.clone();
-    let score: Option<Box<dyn FnOnce() -> Result<Accuracy, PointError>>> = truth.map(|t| {
-        Box::new(move || {
-            let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
-            let s = caiman_cnmf::matching::score_against_truth(&est.a, est.c.view(), &truth, [0, 0])?;
-            let m = &s.matching;
-            Ok(Accuracy {
-                f1: Some(m.f1),
-                precision: Some(m.precision),
-                recall: Some(m.recall),
-                median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
-                gt_neurons: Some(s.gt_neurons.len()),
-                ..Accuracy::default()
-            })
-        }) as Box<dyn FnOnce() -> Result<Accuracy, PointError>>
-    });
+    let score = truth_score(prepared, est);
     Ok(StageOutcome {
         parts,
         reported_peak_kib: 0,
@@ -886,24 +892,7 @@ fn run_cnmf(
     let accepted: Vec<usize> = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
     let components = Some(est.n_components());
     let n_accepted = Some(accepted.len());
-    let truth = prepared.cnmf_truth.clone();
-    let score: Option<Box<dyn FnOnce() -> Result<Accuracy, PointError>>> = truth.map(|t| {
-        Box::new(move || {
-            let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
-            let ours = est.subset(&accepted);
-            let c: Array2<f64> = ours.c;
-            let s = caiman_cnmf::matching::score_against_truth(&ours.a, c.view(), &truth, [0, 0])?;
-            let m = &s.matching;
-            Ok(Accuracy {
-                f1: Some(m.f1),
-                precision: Some(m.precision),
-                recall: Some(m.recall),
-                median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
-                gt_neurons: Some(s.gt_neurons.len()),
-                ..Accuracy::default()
-            })
-        }) as Box<dyn FnOnce() -> Result<Accuracy, PointError>>
-    });
+    let score = truth_score(prepared, est.subset(&accepted));
     Ok(StageOutcome {
         parts,
         reported_peak_kib,

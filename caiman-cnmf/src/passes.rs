@@ -154,6 +154,26 @@ impl BlockEntries {
     }
 }
 
+/// `m` must have one row per pixel of the movie (`d`).
+fn check_rows(m: &CscMatrix, d: usize) -> Result<()> {
+    if m.nrows() == d {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch { what: "matrix multiplying Yr (rows = pixels)", expected: vec![d], got: vec![m.nrows()] })
+}
+
+/// The blocks of `d` rows over `t` frames where `m` has non-zeros, with those non-zeros.
+fn block_entries(m: &CscMatrix, d: usize, t: usize) -> Vec<(Range<usize>, BlockEntries)> {
+    blocks(d, t)
+        .into_iter()
+        .map(|r| {
+            let e = BlockEntries::new(m, r.clone());
+            (r, e)
+        })
+        .filter(|(_, e)| !e.entries.is_empty())
+        .collect()
+}
+
 /// The task of one block of `MᵀY`: its rows and the non-zeros of `M` there.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MtYBlock {
@@ -180,22 +200,9 @@ impl Task for MtYBlock {
 /// fails (e.g. the memmap cannot be read).
 pub fn mt_y<E: Executor>(fov: &Fov<'_>, m: &CscMatrix, exec: &E) -> Result<(Array2<f64>, Option<RunStats>)> {
     let (d, t) = (fov.pixels(), fov.frames());
-    if m.nrows() != d {
-        return Err(Error::ShapeMismatch {
-            what: "matrix multiplying Yr (rows = pixels)",
-            expected: vec![d],
-            got: vec![m.nrows()],
-        });
-    }
+    check_rows(m, d)?;
     let mut res = Array2::<f64>::zeros((m.ncols(), t));
-    let all: Vec<(Range<usize>, BlockEntries)> = blocks(d, t)
-        .into_iter()
-        .map(|r| {
-            let e = BlockEntries::new(m, r.clone());
-            (r, e)
-        })
-        .filter(|(_, e)| !e.entries.is_empty())
-        .collect();
+    let all = block_entries(m, d, t);
     if all.is_empty() {
         return Ok((res, None));
     }
@@ -232,25 +239,12 @@ pub fn mt_y<E: Executor>(fov: &Fov<'_>, m: &CscMatrix, exec: &E) -> Result<(Arra
 /// [`Error::ShapeMismatch`] if `M` does not have one row per row of `yr`.
 pub fn mt_y_view(m: &CscMatrix, yr: ArrayView2<'_, f32>, par: Par) -> Result<Array2<f64>> {
     let (d, t) = yr.dim();
-    if m.nrows() != d {
-        return Err(Error::ShapeMismatch {
-            what: "matrix multiplying Yr (rows = pixels)",
-            expected: vec![d],
-            got: vec![m.nrows()],
-        });
-    }
+    check_rows(m, d)?;
     let mut res = Array2::<f64>::zeros((m.ncols(), t));
     if d == 0 || t == 0 {
         return Ok(res);
     }
-    let all: Vec<(Range<usize>, BlockEntries)> = blocks(d, t)
-        .into_iter()
-        .map(|r| {
-            let e = BlockEntries::new(m, r.clone());
-            (r, e)
-        })
-        .filter(|(_, e)| !e.entries.is_empty())
-        .collect();
+    let all = block_entries(m, d, t);
     let width = par.degree().max(1) * 4;
     for chunk in all.chunks(width) {
         let partials = par.map_indices(chunk.len(), |i| {

@@ -302,9 +302,12 @@ impl MmapRegionWriter {
                 // below (cheaper than faulting in every page of a fresh file through the map).
                 Order::F => {
                     if f == 0 {
-                        self.bytes.clear();
+                        self.bytes.resize(frames.len() * 4, 0);
                     }
-                    self.bytes.extend(scratch.iter().flat_map(|v| v.to_le_bytes()));
+                    let out = &mut self.bytes[f * d * 4..(f + 1) * d * 4];
+                    for (o, v) in out.chunks_exact_mut(4).zip(&scratch) {
+                        o.copy_from_slice(&v.to_le_bytes());
+                    }
                 }
                 Order::C => {
                     for (p, &v) in scratch.iter().enumerate() {

@@ -4,16 +4,25 @@
 //!
 //! The order of operations is CaImAn's `MotionCorrect.motion_correct` (catalog §2.2–2.6):
 //! 1. `min_mov`: the minimum of the first 400 frames (high-pass filtered if `gSig_filt`), unless
-//!    given; `add_to_movie = −min_mov`.
+//!    given, in one [`MovieMin`] task per worker; `add_to_movie = −min_mov`.
 //! 2. Initial template from a temporal subsample of about 50 frames (step `T // 50 + 1`,
 //!    `T // 10 + 1` for volumes): the legacy matcher and `bin_median`, as CaImAn (volumes:
 //!    `bin_median` of the subsample).
 //! 3. `niter_rig` rigid passes over `splits_rig = max(T // max(num_frames_split, 10), 1)` chunks;
 //!    each chunk returns its shifts and the NaN-mean of its corrected frames; the next template is
 //!    the pixel-wise NaN-median of the chunk templates.
-//! 4. With `pw_rigid`, one piecewise-rigid pass against the rigid template.
+//! 4. With `pw_rigid`, one piecewise-rigid pass against the rigid template (volumes:
+//!    [`crate::volume::VolumeCorrector`], with `z_shifts_els`).
 //! 5. The last pass writes the corrected frames (`+ add_to_movie` when `nonneg_movie`) into one
 //!    pre-sized F-order memmap, each chunk its own frame range; `border_to_0 = ceil(max |shift|)`.
+//!
+//! Arithmetic: `MotionParams::precision` (default `f32`, the fast path; `f64` reproduces CaImAn's
+//! decisions bit for bit) selects the kernels of every chunk and of the initial template (see
+//! [`crate::params::Precision`]).
+//!
+//! Memory: the pass keeps one running sum image and the chunk templates (CaImAn's
+//! `templates_rig`, one frame per chunk), not the chunks' sums; each task holds two blocks of 16
+//! frames and its corrector.
 //!
 //! Chunks are [`CorrectChunk`] tasks: they carry file paths, a frame range and the template,
 //! never movie pixels, so they run unchanged on threads or in worker processes
@@ -30,26 +39,81 @@ use std::time::Instant;
 use caiman_io::mmap::{MmapRegionWriter, PendingMmap};
 use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Order, Shape, WriteOptions};
 use caiman_parallel::{Executor, Registry, Task, TaskCtx, TaskError};
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 use serde::{Deserialize, Serialize};
 
 use crate::correct::{CorrectionOptions, FrameCorrector};
 use crate::error::{Error, Result};
-use crate::fft::Fft3d;
 use crate::filter::HighPassFilter;
 use crate::params::MotionParams;
 use crate::patches::{PatchGrid, dense_field};
-use crate::register::VolumeRegistrar;
-use crate::shift::apply_shifts_dft_3d;
 use crate::shift::{BorderMode, CubicWarper};
 use crate::template::{Accumulation, NanMeanAccumulator, bin_median, nanmedian_templates};
+use crate::volume::{VolumeCorrector, VolumeOptions};
 
 /// Frames read per step inside a chunk task.
 const READ_BLOCK: usize = 16;
 
 /// Register the tasks of this module with a worker [`Registry`] (for `Processes` executors).
 pub fn register_tasks(r: Registry) -> Registry {
-    r.register::<CorrectChunk>()
+    r.register::<CorrectChunk>().register::<MovieMin>()
+}
+
+/// The minimum of a range of frames (high-pass filtered first with `gSig_filt`): one part of
+/// CaImAn's `min_mov` over the first 400 frames, so that the parts run on every worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovieMin {
+    /// Input files, chained in order.
+    pub inputs: Vec<PathBuf>,
+    /// How to open them.
+    pub open: OpenOptions,
+    /// Frames of the chained movie to scan.
+    pub frames: Range<usize>,
+    /// High-pass filter size (`gSig_filt`, planar movies only).
+    pub gsig_filt: Option<[u32; 2]>,
+}
+
+impl MovieMin {
+    fn execute(&self) -> Result<f64> {
+        let mut src = open_inputs(&self.inputs, &self.open)?;
+        let dims = src.dims();
+        let d = dims.pixels();
+        let mut buf = vec![0f32; READ_BLOCK * d];
+        let mut filt = self.gsig_filt.filter(|_| !dims.is_volume()).map(HighPassFilter::new);
+        let mut tmp = Array2::<f32>::zeros((dims.d1, dims.d2 * dims.d3));
+        let mut m = f64::INFINITY;
+        let mut t = self.frames.start;
+        while t < self.frames.end {
+            let k = READ_BLOCK.min(self.frames.end - t);
+            src.read_frames(t, &mut buf[..k * d])?;
+            for frame in buf[..k * d].chunks_exact(d) {
+                let vals: &[f32] = match filt.as_mut() {
+                    Some(f) => {
+                        f.apply(
+                            ArrayView2::from_shape((dims.d1, dims.d2), frame).expect("frame shape"),
+                            tmp.view_mut(),
+                        );
+                        tmp.as_slice().expect("standard layout")
+                    }
+                    None => frame,
+                };
+                // `min` ignores NaN (an all-NaN frame leaves m unchanged).
+                let lo = vals.iter().fold(f32::INFINITY, |a, &v| a.min(v));
+                m = m.min(f64::from(lo));
+            }
+            t += k;
+        }
+        Ok(m)
+    }
+}
+
+impl Task for MovieMin {
+    const NAME: &'static str = "caiman_motion.movie_min";
+    type Output = f64;
+
+    fn run(self, _ctx: &TaskCtx) -> std::result::Result<f64, TaskError> {
+        self.execute().map_err(task_err)
+    }
 }
 
 /// Which kind of pass a chunk runs.
@@ -103,6 +167,9 @@ pub struct ChunkResult {
     pub patch_x: Vec<f64>,
     /// Per-patch shifts applied, axis 1 (`y_shifts_els`).
     pub patch_y: Vec<f64>,
+    /// Per-patch shifts applied, axis 2 (`z_shifts_els`, volumes only).
+    #[serde(default)]
+    pub patch_z: Vec<f64>,
     /// NaN-mean of the corrected frames (the chunk template).
     pub template: Vec<f32>,
     /// Pearson correlation of each corrected frame with the template it was registered to.
@@ -119,7 +186,49 @@ fn open_inputs(inputs: &[PathBuf], open: &OpenOptions) -> caiman_io::Result<Box<
     if inputs.len() == 1 { caiman_io::open(&inputs[0], open) } else { Ok(Box::new(ChainSource::open(inputs, open)?)) }
 }
 
-/// Pearson correlation over the pixels finite in both images.
+/// One pass over a corrected frame `a`: adds its finite values to `sum` and returns its Pearson
+/// correlation with `b` over the pixels finite in both (single-pass sums in `f64`, eight
+/// independent lanes so the loop vectorises).
+fn sum_and_pearson(a: &[f32], b: &[f32], sum: &mut [f64]) -> f64 {
+    const L: usize = 8;
+    let (mut n, mut sa, mut sb) = ([0f64; L], [0f64; L], [0f64; L]);
+    let (mut sab, mut saa, mut sbb) = ([0f64; L], [0f64; L], [0f64; L]);
+    let mut step = |k: usize, x: f32, y: f32, s: &mut f64| {
+        let fx = x.is_finite();
+        let ok = fx && y.is_finite();
+        let (x, y) = (f64::from(x), f64::from(y));
+        *s += if fx { x } else { 0.0 };
+        let (x, y, one) = if ok { (x, y, 1.0) } else { (0.0, 0.0, 0.0) };
+        n[k] += one;
+        sa[k] += x;
+        sb[k] += y;
+        sab[k] += x * y;
+        saa[k] += x * x;
+        sbb[k] += y * y;
+    };
+    let (ca, cb, cs) = (a.chunks_exact(L), b.chunks_exact(L), sum.chunks_exact_mut(L));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let tail = a.len() - ra.len();
+    for ((xa, xb), xs) in ca.zip(cb).zip(cs) {
+        for k in 0..L {
+            step(k, xa[k], xb[k], &mut xs[k]);
+        }
+    }
+    for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        step(0, x, y, &mut sum[tail + i]);
+    }
+    let t = |v: [f64; L]| v.iter().sum::<f64>();
+    let (n, sa, sb, sab, saa, sbb) = (t(n), t(sa), t(sb), t(sab), t(saa), t(sbb));
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let cov = sab - sa * sb / n;
+    let (va, vb) = (saa - sa * sa / n, sbb - sb * sb / n);
+    cov / (va * vb).sqrt()
+}
+
+/// Pearson correlation over the pixels finite in both images (two-pass reference).
+#[cfg(test)]
 fn pearson(a: &[f32], b: &[f32]) -> f64 {
     let (mut n, mut sa, mut sb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
@@ -148,7 +257,27 @@ fn pearson(a: &[f32], b: &[f32]) -> f64 {
 /// Per-frame correction state of a chunk task, planar or volumetric.
 enum Corrector {
     Planar(Box<FrameCorrector>),
-    Volume { reg: Box<VolumeRegistrar>, fft: Box<Fft3d>, max_shifts: [usize; 3], out: Array3<f64> },
+    Volume(Box<VolumeCorrector>),
+}
+
+/// The 3-D options of a pass: per-axis values (a 2-entry value is extended with its second
+/// entry, as for `max_shifts` before), `max_deviation_rigid = 0` for rigid passes.
+fn volume_options(params: &MotionParams, kind: PassKind, add_to_movie: f64) -> Result<VolumeOptions> {
+    let three = |v: &[usize]| [v[0], v[1], *v.get(2).unwrap_or(&v[1])];
+    let (ms, st, ov) = if params.is_3d {
+        (params.max_shifts_per_axis()?, params.strides_per_axis()?, params.overlaps_per_axis()?)
+    } else {
+        (params.max_shifts.clone(), params.strides.clone(), params.overlaps.clone())
+    };
+    Ok(VolumeOptions {
+        max_shifts: three(&ms),
+        max_deviation_rigid: if kind == PassKind::Piecewise { params.max_deviation_rigid } else { 0 },
+        strides: three(&st),
+        overlaps: three(&ov),
+        upsample_factor_fft: 10,
+        border: params.border_nan.into(),
+        add_to_movie,
+    })
 }
 
 impl CorrectChunk {
@@ -157,16 +286,8 @@ impl CorrectChunk {
             let tpl = ArrayView3::from_shape((dims.d1, dims.d2, dims.d3), &self.template).map_err(|_| {
                 Error::ShapeMismatch { what: "template", expected: vec![dims.pixels()], got: vec![self.template.len()] }
             })?;
-            let ms = params.max_shifts_per_axis()?;
-            let max_shifts = [ms[0], ms[1], *ms.get(2).unwrap_or(&ms[1])];
-            let reg = VolumeRegistrar::new(tpl, self.add_to_movie, 10)?;
-            let shape = [dims.d1, dims.d2, dims.d3];
-            Ok(Corrector::Volume {
-                reg: Box::new(reg),
-                fft: Box::new(Fft3d::new(shape)),
-                max_shifts,
-                out: Array3::zeros(shape),
-            })
+            let opts = volume_options(params, self.kind, self.add_to_movie)?;
+            Ok(Corrector::Volume(Box::new(VolumeCorrector::new(tpl, &opts)?)))
         } else {
             let tpl = ArrayView2::from_shape((dims.d1, dims.d2), &self.template).map_err(|_| Error::ShapeMismatch {
                 what: "template",
@@ -206,6 +327,7 @@ impl CorrectChunk {
             rigid: Vec::with_capacity(n * if dims.is_volume() { 3 } else { 2 }),
             patch_x: Vec::new(),
             patch_y: Vec::new(),
+            patch_z: Vec::new(),
             template: vec![0.0; d],
             correlations: Vec::with_capacity(n),
             sum: vec![0.0; d],
@@ -233,29 +355,19 @@ impl CorrectChunk {
                             res.patch_y.push(p[1]);
                         }
                     }
-                    Corrector::Volume { reg, fft, max_shifts, out: vol } => {
+                    Corrector::Volume(c) => {
                         let fv = ArrayView3::from_shape((dims.d1, dims.d2, dims.d3), frame)?;
-                        let r = reg.register(fv, self.add_to_movie, *max_shifts)?;
-                        let apply = [-r.shift[0], -r.shift[1], -r.shift[2]];
-                        apply_shifts_dft_3d(
-                            fft,
-                            reg.frame_spectrum().view(),
-                            apply,
-                            r.phasediff,
-                            params.border_nan.into(),
-                            vol.view_mut(),
-                        );
-                        let mut ov = ArrayViewMut3::from_shape((dims.d1, dims.d2, dims.d3), &mut *out)?;
-                        ov.zip_mut_with(vol, |o, &v| *o = (v - self.add_to_movie) as f32);
-                        res.rigid.extend_from_slice(&apply);
+                        let ov = ArrayViewMut3::from_shape((dims.d1, dims.d2, dims.d3), &mut *out)?;
+                        let s = c.correct(fv, ov)?;
+                        res.rigid.extend_from_slice(&s.rigid);
+                        for p in s.patches {
+                            res.patch_x.push(p[0]);
+                            res.patch_y.push(p[1]);
+                            res.patch_z.push(p[2]);
+                        }
                     }
                 }
-                res.correlations.push(pearson(out, &self.template));
-                for (s, &v) in res.sum.iter_mut().zip(out.iter()) {
-                    if v.is_finite() {
-                        *s += f64::from(v);
-                    }
-                }
+                res.correlations.push(sum_and_pearson(out, &self.template, &mut res.sum));
                 acc.add(ArrayView2::from_shape((acc_dims[0], acc_dims[1]), &*out)?);
             }
             if let (Some(w), Some(o)) = (writer.as_mut(), self.output.as_ref()) {
@@ -336,7 +448,10 @@ pub struct MotionResult {
     pub x_shifts_els: Option<Array2<f64>>,
     /// `y_shifts_els`: per-patch axis-1 shifts applied, `T × P`.
     pub y_shifts_els: Option<Array2<f64>>,
-    /// Patch centres in pixels, `P × 2` (axis 0, axis 1), in the column order of `*_shifts_els`.
+    /// `z_shifts_els`: per-patch axis-2 shifts applied, `T × P` (piecewise runs on volumes).
+    pub z_shifts_els: Option<Array2<f64>>,
+    /// Patch centres in pixels, `P × 2` (axis 0, axis 1; `P × 3` for volumes), in the column
+    /// order of `*_shifts_els`.
     pub patch_centers: Option<Array2<f64>>,
     /// `templates_rig`: one template per chunk of the last rigid pass (C order frames).
     pub templates_rig: Vec<Vec<f32>>,
@@ -374,30 +489,18 @@ pub struct MotionJob {
     pub template: Option<Vec<f32>>,
 }
 
-/// Minimum over the first 400 frames (high-pass filtered first with `gSig_filt`).
-fn movie_min(src: &mut dyn FrameSource, params: &MotionParams) -> Result<f64> {
-    let dims = src.dims();
-    let d = dims.pixels();
-    let n = src.frames().min(400);
-    let mut buf = vec![0f32; d];
-    let mut filt = params
-        .gsig_filt
-        .as_ref()
-        .filter(|_| !dims.is_volume())
-        .map(|g| HighPassFilter::new([g[0], *g.get(1).unwrap_or(&g[0])]));
-    let mut tmp = Array2::<f32>::zeros((dims.d1, dims.d2 * dims.d3));
-    let mut m = f64::INFINITY;
-    for t in 0..n {
-        src.read_frames(t, &mut buf)?;
-        let vals: &[f32] = match filt.as_mut() {
-            Some(f) => {
-                f.apply(ArrayView2::from_shape((dims.d1, dims.d2), &buf[..]).expect("frame shape"), tmp.view_mut());
-                tmp.as_slice().expect("standard layout")
-            }
-            None => &buf,
-        };
-        m = vals.iter().filter(|v| !v.is_nan()).fold(m, |a, &v| a.min(f64::from(v)));
-    }
+/// Minimum over the first 400 frames (high-pass filtered first with `gSig_filt`), in one
+/// [`MovieMin`] task per worker (the minimum does not depend on the split).
+fn movie_min<E: Executor>(exec: &E, job: &MotionJob, frames: usize) -> Result<f64> {
+    let n = frames.min(400);
+    let gsig_filt = job.params.gsig_filt.as_ref().map(|g| [g[0], *g.get(1).unwrap_or(&g[0])]);
+    let tasks: Vec<MovieMin> = split_frames(n, exec.workers().max(1))
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .map(|frames| MovieMin { inputs: job.inputs.clone(), open: job.open.clone(), frames, gsig_filt })
+        .collect();
+    let (mins, _) = exec.map(tasks)?;
+    let m = mins.into_iter().fold(f64::INFINITY, f64::min);
     if !m.is_finite() {
         return Err(Error::NonFinite { what: "movie minimum (first 400 frames)" });
     }
@@ -427,7 +530,7 @@ fn initial_template(src: &mut dyn FrameSource, params: &MotionParams) -> Result<
         bin_median(stack, 10, true)?
     } else {
         let ms = params.max_shifts_per_axis()?;
-        crate::legacy::initial_template(stack, [ms[0], ms[1]])?
+        crate::legacy::initial_template_with(stack, [ms[0], ms[1]], params.precision)?
     };
     Ok(tpl.as_standard_layout().iter().copied().collect())
 }
@@ -467,7 +570,11 @@ fn crispness(mean: &[f64], dims: Dims) -> f64 {
 }
 
 struct PassOutcome {
+    /// Chunk results, their `sum` fields emptied (folded into `sum` as they arrive, so memory
+    /// does not grow with the number of chunks).
     results: Vec<ChunkResult>,
+    /// Sum of the corrected frames over the pass (NaN counted as 0).
+    sum: Vec<f64>,
     stats: PassStats,
 }
 
@@ -498,8 +605,10 @@ fn run_pass<E: Executor>(
             output: output.cloned(),
         })
         .collect();
-    // Maps of a few chunks per worker, so progress moves while a long movie is processed.
-    let batch = (exec.workers() * 2).max(1);
+    // Maps of a few chunks per worker, so progress moves while a long movie is processed (each
+    // map ends with a barrier, so not too few either).
+    let batch = (exec.workers() * 4).max(1);
+    let mut sum = Vec::new();
     let started = Instant::now();
     let mut results = Vec::with_capacity(tasks.len());
     let (mut cpu, mut rss) = (0.0, 0u64);
@@ -512,12 +621,20 @@ fn run_pass<E: Executor>(
         let (out, stats) = exec.map(group)?;
         cpu += stats.cpu_total.as_secs_f64();
         rss = rss.max(stats.peak_rss.total_kib);
-        results.extend(out);
+        for mut r in out {
+            if sum.is_empty() {
+                sum = std::mem::take(&mut r.sum);
+            } else {
+                sum.iter_mut().zip(&r.sum).for_each(|(a, b)| *a += b);
+                r.sum = Vec::new();
+            }
+            results.push(r);
+        }
         progress(name, done, total);
     }
     let stats = PassStats { name: name.into(), wall_s: started.elapsed().as_secs_f64(), cpu_s: cpu, peak_rss_kib: rss };
     tracing::info!(pass = name, wall_s = stats.wall_s, frames = total, "motion pass done");
-    Ok(PassOutcome { results, stats })
+    Ok(PassOutcome { results, sum, stats })
 }
 
 fn median_template(results: &[ChunkResult], dims: Dims) -> Result<Vec<f32>> {
@@ -539,13 +656,10 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
     if dims.is_volume() != job.params.is_3d && dims.is_volume() {
         tracing::info!("volumetric input: rigid 3-D correction");
     }
-    if dims.is_volume() && job.params.pw_rigid {
-        return Err(Error::Unsupported("piecewise-rigid correction of volumes".into()));
-    }
     let started = Instant::now();
     let min_mov = match job.params.min_mov {
         Some(m) => m,
-        None => movie_min(src.as_mut(), &job.params)?,
+        None => movie_min(exec, job, shape.frames)?,
     };
     tracing::info!(min_mov, seconds = started.elapsed().as_secs_f64(), "movie minimum");
     let add_to_movie = -min_mov;
@@ -605,17 +719,19 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
         template = median_template(&p.results, dims)?;
         templates_rig = p.results.iter().map(|r| r.template.clone()).collect();
         passes.push(p.stats);
-        last = Some(p.results);
+        last = Some((p.results, p.sum));
     }
     let total_template_rig = template.clone();
-    let rigid_results = last.take().expect("at least one rigid pass");
+    let (rigid_results, rigid_sum) = last.take().expect("at least one rigid pass");
     let mut shifts_rig = Array2::from_shape_vec(
         (shape.frames, if dims.is_volume() { 3 } else { 2 }),
         rigid_results.iter().flat_map(|r| r.rigid.iter().copied()).collect(),
     )
     .map_err(|_| Error::ShapeMismatch { what: "rigid shifts", expected: vec![shape.frames], got: vec![] })?;
     let mut final_results = rigid_results;
-    let (mut x_els, mut y_els, mut centers, mut templates_els, mut total_els) = (None, None, None, Vec::new(), None);
+    let mut final_sum = rigid_sum;
+    let (mut x_els, mut y_els, mut z_els) = (None, None, None);
+    let (mut centers, mut templates_els, mut total_els) = (None, Vec::new(), None);
     if job.params.pw_rigid {
         let p = run_pass(
             exec,
@@ -629,28 +745,32 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
             progress,
         )?;
         // The piecewise pass re-estimates the rigid shift of each frame against the same template.
-        shifts_rig =
-            Array2::from_shape_vec((shape.frames, 2), p.results.iter().flat_map(|r| r.rigid.iter().copied()).collect())
-                .expect("two values per frame");
+        let axes = if dims.is_volume() { 3 } else { 2 };
+        shifts_rig = Array2::from_shape_vec(
+            (shape.frames, axes),
+            p.results.iter().flat_map(|r| r.rigid.iter().copied()).collect(),
+        )
+        .expect("one value per axis and frame");
         let n_patches = p.results.first().map_or(0, |r| r.patch_x.len() / r.correlations.len().max(1));
         let xs: Vec<f64> = p.results.iter().flat_map(|r| r.patch_x.iter().copied()).collect();
         let ys: Vec<f64> = p.results.iter().flat_map(|r| r.patch_y.iter().copied()).collect();
         x_els = Some(Array2::from_shape_vec((shape.frames, n_patches), xs).expect("patch shifts"));
         y_els = Some(Array2::from_shape_vec((shape.frames, n_patches), ys).expect("patch shifts"));
+        if dims.is_volume() {
+            let zs: Vec<f64> = p.results.iter().flat_map(|r| r.patch_z.iter().copied()).collect();
+            z_els = Some(Array2::from_shape_vec((shape.frames, n_patches), zs).expect("patch shifts"));
+        }
         centers = Some(patch_centers(&job.params, dims, &total_template_rig, add_to_movie)?);
         templates_els = p.results.iter().map(|r| r.template.clone()).collect();
         total_els = Some(median_template(&p.results, dims)?);
         passes.push(p.stats);
         final_results = p.results;
+        final_sum = p.sum;
     }
 
     // Metrics from the pass that wrote the movie.
-    let mut mean = vec![0f64; dims.pixels()];
-    for r in &final_results {
-        for (m, s) in mean.iter_mut().zip(&r.sum) {
-            *m += s;
-        }
-    }
+    let mut mean = final_sum;
+    mean.resize(dims.pixels(), 0.0);
     mean.iter_mut().for_each(|m| *m /= shape.frames as f64);
     let correlations: Vec<f64> = final_results.iter().flat_map(|r| r.correlations.iter().copied()).collect();
     let finite: Vec<f64> = correlations.iter().copied().filter(|c| c.is_finite()).collect();
@@ -663,6 +783,7 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
         .iter()
         .chain(x_els.iter().flat_map(|a| a.iter()))
         .chain(y_els.iter().flat_map(|a| a.iter()))
+        .chain(z_els.iter().flat_map(|a| a.iter()))
         .fold(0f64, |m, v| m.max(v.abs()));
     let written = pending.commit()?;
     let output = if is_mmap {
@@ -678,6 +799,7 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
         shifts_rig,
         x_shifts_els: x_els,
         y_shifts_els: y_els,
+        z_shifts_els: z_els,
         patch_centers: centers,
         templates_rig,
         total_template_rig,
@@ -690,8 +812,14 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
     })
 }
 
-/// Patch centres of the grid the piecewise shifts refer to, `P × 2`.
+/// Patch centres of the grid the piecewise shifts refer to, `P × 2` (`P × 3` for volumes).
 fn patch_centers(params: &MotionParams, dims: Dims, template: &[f32], add: f64) -> Result<Array2<f64>> {
+    if dims.is_volume() {
+        let tpl = ArrayView3::from_shape((dims.d1, dims.d2, dims.d3), template).expect("template shape");
+        let c = VolumeCorrector::new(tpl, &volume_options(params, PassKind::Piecewise, add)?)?;
+        let pts = c.patch_centers();
+        return Ok(Array2::from_shape_fn((pts.len(), 3), |(i, a)| pts[i][a]));
+    }
     let tpl = ArrayView2::from_shape((dims.d1, dims.d2), template).expect("template shape");
     let c = FrameCorrector::new(tpl, &CorrectionOptions::piecewise(params, add)?)?;
     let grid = c.shift_grid().or(c.registration_grid()).ok_or(Error::Empty { what: "patch grid" })?;
@@ -737,6 +865,7 @@ impl MotionResult {
         for (name, a) in [
             ("x_shifts_els", &self.x_shifts_els),
             ("y_shifts_els", &self.y_shifts_els),
+            ("z_shifts_els", &self.z_shifts_els),
             ("patch_centers", &self.patch_centers),
         ] {
             if let Some(a) = a {
@@ -830,4 +959,24 @@ pub fn apply_shifts_movie(
         w.write_frames(&out.as_slice().expect("standard layout")[..d])?;
     }
     Ok(w.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pass_stats_match_two_pass_pearson_and_sum() {
+        let a: Vec<f32> =
+            (0..1001).map(|i| if i % 97 == 5 { f32::NAN } else { 300.0 + (i as f32 * 0.37).sin() * 40.0 }).collect();
+        let b: Vec<f32> = (0..1001).map(|i| 290.0 + (i as f32 * 0.37 + 0.2).sin() * 35.0 + (i % 7) as f32).collect();
+        let mut sum = vec![1.0f64; 1001];
+        let r = sum_and_pearson(&a, &b, &mut sum);
+        let want = pearson(&a, &b);
+        assert!((r - want).abs() < 1e-10, "{r} vs {want}");
+        for (i, (&s, &v)) in sum.iter().zip(&a).enumerate() {
+            let expect = if v.is_finite() { 1.0 + f64::from(v) } else { 1.0 };
+            assert_eq!(s, expect, "pixel {i}");
+        }
+    }
 }

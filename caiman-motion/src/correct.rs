@@ -23,6 +23,11 @@
 //!
 //! Reported shifts are the shifts **applied** (`−s`), CaImAn's stored convention.
 //!
+//! Arithmetic: [`CorrectionOptions::precision`] selects CaImAn's `f64` kernels
+//! ([`Precision::F64`], bit-for-bit decisions) or the fast `f32` kernels ([`Precision::F32`]:
+//! `f32` registration, separable `f32` cubic translation, `f32` remap). The Fourier-shift paths
+//! (`shifts_opencv = false`) always run in `f64`.
+//!
 //! CaImAn quirk kept on purpose: with `gsig_filt`, CaImAn warps the *unfiltered* frame without
 //! `add_to_movie` but still subtracts `add_to_movie` at the end, so the output is offset by
 //! `−add_to_movie` relative to the unfiltered case. This is reproduced so that saved movies match.
@@ -30,9 +35,9 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::error::{Error, Result};
-use crate::fft::Spectrum;
+use crate::fft::{Real, Sample, Spectrum};
 use crate::filter::HighPassFilter;
-use crate::params::MotionParams;
+use crate::params::{MotionParams, Precision};
 use crate::patches::{
     LinearResizer, PatchGrid, blend_weights, dense_field, interpolate_shifts, max_shear, resize_cubic,
     upsampled_strides,
@@ -71,6 +76,8 @@ pub struct CorrectionOptions {
     /// Constant added to frame and template before registration and shifting, subtracted after
     /// (CaImAn: `−min_mov`).
     pub add_to_movie: f64,
+    /// Kernel arithmetic (see [`Precision`]; Fourier shifting always uses `f64`).
+    pub precision: Precision,
 }
 
 impl CorrectionOptions {
@@ -108,7 +115,13 @@ impl CorrectionOptions {
             border: params.border_nan.into(),
             gsig_filt: params.gsig_filt.as_ref().map(|g| [g[0], *g.get(1).unwrap_or(&g[0])]),
             add_to_movie,
+            precision: params.precision,
         })
+    }
+
+    /// The arithmetic actually used: [`Self::precision`], except `f64` for Fourier shifting.
+    pub fn effective_precision(&self) -> Precision {
+        if self.shifts_opencv { self.precision } else { Precision::F64 }
     }
 
     fn check(&self) -> Result<()> {
@@ -140,6 +153,68 @@ pub struct FrameShifts<'a> {
     pub patches: &'a [[f64; 2]],
 }
 
+/// A registrar with its template spectra (one per patch, or one for the whole frame) in the
+/// chosen arithmetic.
+#[derive(Debug)]
+enum Reg {
+    F64(Registrar<f64>, Vec<Spectrum<f64>>),
+    F32(Registrar<f32>, Vec<Spectrum<f32>>),
+}
+
+fn build_reg<'a, T: Real>(
+    shape: [usize; 2],
+    upsample: usize,
+    images: impl Iterator<Item = ArrayView2<'a, f32>>,
+    add: f64,
+) -> (Registrar<T>, Vec<Spectrum<T>>) {
+    let mut reg = Registrar::<T>::new(shape, upsample);
+    let specs = images.map(|img| reg.spectrum(img, add)).collect();
+    (reg, specs)
+}
+
+impl Reg {
+    fn new<'a>(
+        precision: Precision,
+        shape: [usize; 2],
+        upsample: usize,
+        images: impl Iterator<Item = ArrayView2<'a, f32>>,
+        add: f64,
+    ) -> Self {
+        match precision {
+            Precision::F64 => {
+                let (r, s) = build_reg(shape, upsample, images, add);
+                Self::F64(r, s)
+            }
+            Precision::F32 => {
+                let (r, s) = build_reg(shape, upsample, images, add);
+                Self::F32(r, s)
+            }
+        }
+    }
+
+    /// Registers `img + add` against template spectrum `k`.
+    fn register<S: Sample>(
+        &mut self,
+        k: usize,
+        img: ArrayView2<'_, S>,
+        add: f64,
+        window: &SearchWindow,
+    ) -> Result<Registration> {
+        match self {
+            Self::F64(r, s) => r.register(img, add, &s[k], window),
+            Self::F32(r, s) => r.register(img, add, &s[k], window),
+        }
+    }
+
+    /// The spectrum of the last registered frame (`f64` registrars only).
+    fn frame_spectrum(&self) -> Option<&Spectrum<f64>> {
+        match self {
+            Self::F64(r, _) => Some(r.frame_spectrum()),
+            Self::F32(..) => None,
+        }
+    }
+}
+
 /// Scratch of the FFT (Fourier-shift) piecewise path.
 #[derive(Debug)]
 struct FftPath {
@@ -162,10 +237,9 @@ fn weight_slot(first: [bool; 2], last: [bool; 2]) -> usize {
 struct Piecewise {
     grid: PatchGrid,
     centers: [Vec<f64>; 2],
-    reg: Registrar,
+    reg: Reg,
     resizer: LinearResizer,
     grid_buf: Array2<f32>,
-    template_specs: Vec<Spectrum>,
     found: Vec<Registration>,
     applied: Vec<[f64; 2]>,
     field_y: Array2<f32>,
@@ -178,8 +252,8 @@ struct Piecewise {
 pub struct FrameCorrector {
     opts: CorrectionOptions,
     dims: [usize; 2],
-    reg: Registrar,
-    template_spec: Spectrum,
+    precision: Precision,
+    reg: Reg,
     hpf: Option<(HighPassFilter, Array2<f32>)>,
     warper: CubicWarper,
     dft: Option<(DftShifter, Array2<f64>)>,
@@ -206,8 +280,8 @@ impl FrameCorrector {
         }
         let dims = [h, w];
         let add = opts.add_to_movie;
-        let mut reg = Registrar::new(dims, opts.upsample_factor_fft);
-        let template_spec = reg.spectrum(template, add);
+        let precision = opts.effective_precision();
+        let reg = Reg::new(precision, dims, opts.upsample_factor_fft, std::iter::once(template), add);
         let hpf = opts.gsig_filt.map(|g| (HighPassFilter::new(g), Array2::zeros((h, w))));
         let dft = (!opts.shifts_opencv && opts.max_deviation_rigid == 0)
             .then(|| (DftShifter::new(dims), Array2::zeros((h, w))));
@@ -224,8 +298,8 @@ impl FrameCorrector {
         Ok(Self {
             opts: opts.clone(),
             dims,
+            precision,
             reg,
-            template_spec,
             hpf,
             warper: CubicWarper::new(),
             dft,
@@ -237,9 +311,13 @@ impl FrameCorrector {
     fn build_piecewise(template: ArrayView2<'_, f32>, opts: &CorrectionOptions) -> Result<Piecewise> {
         let dims = [template.nrows(), template.ncols()];
         let grid = PatchGrid::new(dims, opts.strides, opts.overlaps)?;
-        let mut reg = Registrar::new(grid.window(), opts.upsample_factor_fft);
-        let template_specs: Vec<Spectrum> =
-            grid.iter().map(|(_, start)| reg.spectrum(grid.patch(&template, start), opts.add_to_movie)).collect();
+        let reg = Reg::new(
+            opts.effective_precision(),
+            grid.window(),
+            opts.upsample_factor_fft,
+            grid.iter().map(|(_, start)| grid.patch(&template, start)),
+            opts.add_to_movie,
+        );
         let [gh, gw] = grid.grid_shape();
         if opts.shifts_interpolate && (gh < 4 || gw < 4) {
             return Err(Error::Unsupported(format!(
@@ -283,7 +361,6 @@ impl FrameCorrector {
             resizer: LinearResizer::new([gh, gw], dims),
             grid_buf: Array2::zeros((gh, gw)),
             reg,
-            template_specs,
             found: vec![Registration { shift: [0.0; 2], phasediff: 0.0 }; n],
             applied: Vec::with_capacity(n),
             field_y: Array2::zeros((dims[0], dims[1])),
@@ -372,7 +449,7 @@ impl FrameCorrector {
             None => frame,
         };
         let window = SearchWindow::MaxShifts(self.opts.max_shifts);
-        self.rigid = self.reg.register(input, add, &self.template_spec, &window)?;
+        self.rigid = self.reg.register(0, input, add, &window)?;
         let Some(pw) = &mut self.pw else { return Ok(()) };
         let dev = self.opts.max_deviation_rigid as f64;
         let s = self.rigid.shift;
@@ -382,7 +459,7 @@ impl FrameCorrector {
         };
         for (k, (_, start)) in pw.grid.iter().enumerate() {
             let patch = pw.grid.patch(&input, start);
-            pw.found[k] = pw.reg.register(patch, add, &pw.template_specs[k], &bounds)?;
+            pw.found[k] = pw.reg.register(k, patch, add, &bounds)?;
         }
         pw.applied.clear();
         match &mut pw.fft {
@@ -419,9 +496,13 @@ impl FrameCorrector {
         let applied = self.rigid.shift.map(|v| -v);
         let Some(pw) = &mut self.pw else {
             match &mut self.dft {
+                None if self.precision == Precision::F32 => {
+                    self.warper.translate_fast_offsets(frame, add_in, add, applied, border, out)
+                }
                 None => self.warper.translate_offsets(frame, add_in, add, applied, border, out),
                 Some((shifter, buf)) => {
-                    shifter.shift_spectrum(self.reg.frame_spectrum(), applied, self.rigid.phasediff, buf.view_mut());
+                    let spec = self.reg.frame_spectrum().expect("Fourier shifting registers in f64");
+                    shifter.shift_spectrum(spec, applied, self.rigid.phasediff, buf.view_mut());
                     fix_border_after_dft(buf.view_mut(), applied, border);
                     write_minus(buf.view(), add, out);
                 }
@@ -445,7 +526,11 @@ impl FrameCorrector {
                         pw.resizer.apply(pw.grid_buf.view(), field.view_mut());
                     }
                 }
-                self.warper.remap_offsets(frame, add_in, add, pw.field_y.view(), pw.field_x.view(), border, out);
+                let (fy, fx) = (pw.field_y.view(), pw.field_x.view());
+                match self.precision {
+                    Precision::F32 => self.warper.remap_fast_offsets(frame, add_in, add, fy, fx, border, out),
+                    Precision::F64 => self.warper.remap_offsets(frame, add_in, add, fy, fx, border, out),
+                }
             }
             Some(fp) => {
                 let shear = max_shear(fp.fine[0].view(), fp.fine[1].view());

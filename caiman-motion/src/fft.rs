@@ -7,22 +7,67 @@
 //! `(k0, k1)` lives at `k1 * h + k0`. Element-wise products (cross-power spectra, phase ramps)
 //! do not care about the layout, and the inverse transform starts from it directly.
 //!
-//! Everything is computed in `f64`: sub-pixel registration must reproduce CaImAn's float64 argmax
-//! decisions on a 0.1 px grid, which near-ties make sensitive to rounding (see `register.rs`).
-//! Inputs are `f32` (or `f64`) views of any stride. Transforms are unnormalised in both
-//! directions except where stated.
+//! The scalar type is a parameter ([`Real`]: `f64` or `f32`). The exact path computes in `f64`:
+//! sub-pixel registration must reproduce CaImAn's float64 argmax decisions on a 0.1 px grid,
+//! which near-ties make sensitive to rounding (see `register.rs`). The fast path
+//! ([`crate::Precision::F32`]) runs the same transforms in `f32` (twice the SIMD width, half the
+//! memory traffic). Inputs are `f32` (or `f64`) views of any stride. Transforms are unnormalised
+//! in both directions except where stated.
 
 use std::sync::Arc;
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
-use rustfft::num_complex::Complex64;
-use rustfft::{Fft, FftPlanner};
+use rustfft::num_complex::{Complex, Complex64};
+use rustfft::num_traits::Float;
+use rustfft::{Fft, FftNum, FftPlanner};
+
+/// The floating-point types the transforms and registration kernels run in (`f64`: CaImAn's
+/// exact arithmetic; `f32`: the fast path).
+pub trait Real: FftNum + Float + Default + std::iter::Sum {
+    /// The fast path (`f32`): kernels may fuse multiply-adds (changing rounding), and
+    /// registration removes the image means before transforming (see `register.rs`).
+    const FAST: bool;
+    /// Rounds an `f64` to this type.
+    fn of(v: f64) -> Self;
+    /// Widens to `f64` (exact).
+    fn widen(self) -> f64;
+}
+
+impl Real for f64 {
+    const FAST: bool = false;
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        self
+    }
+}
+
+impl Real for f32 {
+    const FAST: bool = true;
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        f64::from(self)
+    }
+}
 
 /// Scalar types an FFT input may have (`f32` frames, `f64` working buffers).
 pub trait Sample: Copy + Send + Sync + 'static {
     /// Widen to `f64`.
     fn to_f64(self) -> f64;
+    /// `self + offset` in the working type `T` (in `f64` first, then rounded, so the `f64` path
+    /// is unchanged and the `f32` path rounds once).
+    #[inline(always)]
+    fn plus<T: Real>(self, offset: f64) -> T {
+        T::of(self.to_f64() + offset)
+    }
 }
 
 impl Sample for f32 {
@@ -45,23 +90,26 @@ const BLOCK: usize = 16;
 /// The half spectrum of a real `h × w` image, stored transposed: `w/2 + 1` rows (one per
 /// column frequency `k1`) of `h` complex values (row frequencies `k0`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Spectrum {
+pub struct Spectrum<T = f64> {
     shape: [usize; 2],
-    data: Vec<Complex64>,
+    data: Vec<Complex<T>>,
+    /// The true DC coefficient (`Σ (img + offset)`) when the stored transform is of the
+    /// mean-removed image (the fast registration path); 0 otherwise.
+    dc: f64,
 }
 
-impl Default for Spectrum {
+impl<T: Real> Default for Spectrum<T> {
     /// The spectrum of an empty (`0 × 0`) image.
     fn default() -> Self {
-        Self { shape: [0, 0], data: Vec::new() }
+        Self { shape: [0, 0], data: Vec::new(), dc: 0.0 }
     }
 }
 
-impl Spectrum {
+impl<T: Real> Spectrum<T> {
     /// An all-zero spectrum for an image of `shape = [h, w]`.
     pub fn zeros(shape: [usize; 2]) -> Self {
         let bins = shape[1] / 2 + 1;
-        Self { shape, data: vec![Complex64::new(0.0, 0.0); bins * shape[0]] }
+        Self { shape, data: vec![Complex::new(T::zero(), T::zero()); bins * shape[0]], dc: 0.0 }
     }
 
     /// The shape `[h, w]` of the real image this is the spectrum of.
@@ -78,48 +126,59 @@ impl Spectrum {
     ///
     /// # Panics
     /// If an index is out of range.
-    pub fn get(&self, k0: usize, k1: usize) -> Complex64 {
+    pub fn get(&self, k0: usize, k1: usize) -> Complex<T> {
         assert!(k0 < self.shape[0] && k1 < self.bins(), "spectrum index out of range");
         self.data[k1 * self.shape[0] + k0]
     }
 
+    /// The DC coefficient removed before transforming (fast registration path: the stored
+    /// transform is of `img − mean(img)` and this is `Σ (img + offset)`); 0 for a plain transform.
+    pub fn removed_dc(&self) -> f64 {
+        self.dc
+    }
+
+    pub(crate) fn set_removed_dc(&mut self, dc: f64) {
+        self.dc = dc;
+    }
+
     /// The raw transposed storage (`k1 * h + k0`).
-    pub fn as_slice(&self) -> &[Complex64] {
+    pub fn as_slice(&self) -> &[Complex<T>] {
         &self.data
     }
 
     /// The raw transposed storage, mutable.
-    pub fn as_mut_slice(&mut self) -> &mut [Complex64] {
+    pub fn as_mut_slice(&mut self) -> &mut [Complex<T>] {
         &mut self.data
     }
 }
 
 /// Plans and scratch for 2-D real FFTs of one image size. Build once per worker and size; no
 /// method allocates.
-pub struct Fft2d {
+#[derive(Clone)]
+pub struct Fft2d<T = f64> {
     h: usize,
     w: usize,
     bins: usize,
-    r2c: Arc<dyn RealToComplex<f64>>,
-    c2r: Arc<dyn ComplexToReal<f64>>,
-    col_fwd: Arc<dyn Fft<f64>>,
-    col_inv: Arc<dyn Fft<f64>>,
-    row_in: Vec<f64>,
-    row_out: Vec<Complex64>,
-    r2c_scratch: Vec<Complex64>,
-    c2r_scratch: Vec<Complex64>,
-    c2r_in: Vec<Complex64>,
-    c2r_out: Vec<f64>,
-    col_scratch: Vec<Complex64>,
+    r2c: Arc<dyn RealToComplex<T>>,
+    c2r: Arc<dyn ComplexToReal<T>>,
+    col_fwd: Arc<dyn Fft<T>>,
+    col_inv: Arc<dyn Fft<T>>,
+    row_in: Vec<T>,
+    row_out: Vec<Complex<T>>,
+    r2c_scratch: Vec<Complex<T>>,
+    c2r_scratch: Vec<Complex<T>>,
+    c2r_in: Vec<Complex<T>>,
+    c2r_out: Vec<T>,
+    col_scratch: Vec<Complex<T>>,
 }
 
-impl std::fmt::Debug for Fft2d {
+impl<T> std::fmt::Debug for Fft2d<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fft2d").field("h", &self.h).field("w", &self.w).finish_non_exhaustive()
     }
 }
 
-impl Fft2d {
+impl<T: Real> Fft2d<T> {
     /// Plans for images of `shape = [h, w]` (any sizes ≥ 1).
     ///
     /// # Panics
@@ -128,13 +187,13 @@ impl Fft2d {
         let [h, w] = shape;
         assert!(h > 0 && w > 0, "FFT of an empty image");
         let bins = w / 2 + 1;
-        let mut rp = RealFftPlanner::<f64>::new();
+        let mut rp = RealFftPlanner::<T>::new();
         let r2c = rp.plan_fft_forward(w);
         let c2r = rp.plan_fft_inverse(w);
-        let mut cp = FftPlanner::<f64>::new();
+        let mut cp = FftPlanner::<T>::new();
         let col_fwd = cp.plan_fft_forward(h);
         let col_inv = cp.plan_fft_inverse(h);
-        let zero = Complex64::new(0.0, 0.0);
+        let zero = Complex::new(T::zero(), T::zero());
         let col_scratch_len = col_fwd.get_inplace_scratch_len().max(col_inv.get_inplace_scratch_len());
         Self {
             h,
@@ -146,10 +205,10 @@ impl Fft2d {
             c2r,
             col_fwd,
             col_inv,
-            row_in: vec![0.0; w],
+            row_in: vec![T::zero(); w],
             row_out: vec![zero; BLOCK * bins],
             c2r_in: vec![zero; bins],
-            c2r_out: vec![0.0; w],
+            c2r_out: vec![T::zero(); w],
             col_scratch: vec![zero; col_scratch_len],
         }
     }
@@ -163,7 +222,7 @@ impl Fft2d {
     ///
     /// # Panics
     /// If `img` or `out` do not have this plan's shape.
-    pub fn forward<T: Sample>(&mut self, img: ArrayView2<'_, T>, offset: f64, out: &mut Spectrum) {
+    pub fn forward<S: Sample>(&mut self, img: ArrayView2<'_, S>, offset: f64, out: &mut Spectrum<T>) {
         assert_eq!(img.dim(), (self.h, self.w), "Fft2d::forward: image shape");
         assert_eq!(out.shape, [self.h, self.w], "Fft2d::forward: spectrum shape");
         let (h, bins) = (self.h, self.bins);
@@ -172,8 +231,17 @@ impl Fft2d {
             let nb = BLOCK.min(h - r0);
             for j in 0..nb {
                 let row = img.row(r0 + j);
-                for (dst, &v) in self.row_in.iter_mut().zip(row.iter()) {
-                    *dst = v.to_f64() + offset;
+                match row.as_slice() {
+                    Some(sl) => {
+                        for (dst, &v) in self.row_in.iter_mut().zip(sl) {
+                            *dst = v.plus(offset);
+                        }
+                    }
+                    None => {
+                        for (dst, &v) in self.row_in.iter_mut().zip(row.iter()) {
+                            *dst = v.plus(offset);
+                        }
+                    }
                 }
                 self.r2c
                     .process_with_scratch(
@@ -195,22 +263,22 @@ impl Fft2d {
     }
 
     /// Inverse column transforms of a transposed spectrum buffer, in place (unnormalised).
-    pub(crate) fn columns_inverse(&mut self, data: &mut [Complex64]) {
+    pub(crate) fn columns_inverse(&mut self, data: &mut [Complex<T>]) {
         debug_assert_eq!(data.len(), self.h * self.bins);
         self.col_inv.process_with_scratch(data, &mut self.col_scratch);
     }
 
     /// Real inverse of output row `r`, given a buffer already processed by
     /// [`Self::columns_inverse`]. Returns the unnormalised row (length `w`).
-    pub(crate) fn row_c2r(&mut self, data: &[Complex64], r: usize) -> &[f64] {
+    pub(crate) fn row_c2r(&mut self, data: &[Complex<T>], r: usize) -> &[T] {
         let h = self.h;
         for (k1, d) in self.c2r_in.iter_mut().enumerate() {
             *d = data[k1 * h + r];
         }
         // The imaginary parts of the self-conjugate bins are zero in exact arithmetic.
-        self.c2r_in[0].im = 0.0;
+        self.c2r_in[0].im = T::zero();
         if self.w.is_multiple_of(2) {
-            self.c2r_in[self.bins - 1].im = 0.0;
+            self.c2r_in[self.bins - 1].im = T::zero();
         }
         self.c2r
             .process_with_scratch(&mut self.c2r_in, &mut self.c2r_out, &mut self.c2r_scratch)
@@ -222,10 +290,10 @@ impl Fft2d {
     ///
     /// # Panics
     /// If `spec` or `out` do not have this plan's shape.
-    pub fn inverse(&mut self, spec: &mut Spectrum, mut out: ArrayViewMut2<'_, f64>) {
+    pub fn inverse(&mut self, spec: &mut Spectrum<T>, mut out: ArrayViewMut2<'_, T>) {
         assert_eq!(spec.shape, [self.h, self.w], "Fft2d::inverse: spectrum shape");
         assert_eq!(out.dim(), (self.h, self.w), "Fft2d::inverse: output shape");
-        let scale = 1.0 / (self.h * self.w) as f64;
+        let scale = T::of(1.0 / (self.h * self.w) as f64);
         self.columns_inverse(&mut spec.data);
         for r in 0..self.h {
             let row = self.row_c2r(&spec.data, r);
@@ -339,7 +407,7 @@ mod tests {
             let img = Array2::from_shape_fn((h, w), |(r, c)| {
                 ((r * 31 + c * 17) % 13) as f64 - 0.37 * r as f64 + 0.1 * c as f64
             });
-            let mut fft = Fft2d::new([h, w]);
+            let mut fft = Fft2d::<f64>::new([h, w]);
             let mut spec = Spectrum::zeros([h, w]);
             fft.forward(img.view(), 0.0, &mut spec);
             for k0 in 0..h {

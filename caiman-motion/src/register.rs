@@ -25,10 +25,10 @@
 //! arbitrary shift.
 
 use ndarray::{Array3, ArrayView2, ArrayView3};
-use rustfft::num_complex::Complex64;
+use rustfft::num_complex::{Complex, Complex64};
 
 use crate::error::{Error, Result};
-use crate::fft::{Fft2d, Fft3d, Sample, Spectrum, signed_freq};
+use crate::fft::{Fft2d, Fft3d, Real, Sample, Spectrum, signed_freq};
 
 /// Which integer lags the peak search may consider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,38 +63,48 @@ pub(crate) fn upsampled_region(u: usize) -> (usize, usize) {
 }
 
 /// Per-axis tables of the local upsampled DFT: `n`-th roots of unity and the fractional-offset
-/// phase factors `exp(2πi f(k) (a − D) / (u n))`.
+/// phase factors `exp(2πi f(k) (a − D) / (u n))` (computed in `f64`, stored in `T`).
 #[derive(Debug)]
-struct AxisDft {
+struct AxisDft<T = f64> {
     n: usize,
-    roots: Vec<Complex64>,
+    roots: Vec<Complex<T>>,
     /// `region × n`, row `a` = offset `(a − D)/u`.
-    steps: Vec<Complex64>,
+    steps: Vec<Complex<T>>,
 }
 
-impl AxisDft {
+fn cast_c<T: Real>(z: Complex64) -> Complex<T> {
+    Complex::new(T::of(z.re), T::of(z.im))
+}
+
+impl<T: Real> AxisDft<T> {
     fn new(n: usize, u: usize) -> Self {
         let (region, dftshift) = upsampled_region(u);
         let tau = 2.0 * std::f64::consts::PI;
-        let roots = (0..n).map(|m| Complex64::from_polar(1.0, tau * m as f64 / n as f64)).collect();
+        let roots = (0..n).map(|m| cast_c(Complex64::from_polar(1.0, tau * m as f64 / n as f64))).collect();
         let mut steps = Vec::with_capacity(region * n);
         for a in 0..region {
             let off = a as f64 - dftshift as f64;
             for k in 0..n {
                 let f = signed_freq(k, n) as f64;
-                steps.push(Complex64::from_polar(1.0, tau * f * off / (u as f64 * n as f64)));
+                steps.push(cast_c(Complex64::from_polar(1.0, tau * f * off / (u as f64 * n as f64))));
             }
         }
         Self { n, roots, steps }
     }
 
     /// Fills `out` (`region × n`) with `exp(2πi f(k) t_a / n)`, `t_a = s + (a − D)/u`.
-    fn kernel(&self, s: i64, out: &mut [Complex64]) {
+    fn kernel(&self, s: i64, out: &mut [Complex<T>]) {
         let n = self.n;
+        let step = s.rem_euclid(n as i64) as usize;
         for (row, steps) in out.chunks_exact_mut(n).zip(self.steps.chunks_exact(n)) {
-            for (k, (o, st)) in row.iter_mut().zip(steps).enumerate() {
-                let m = (k as i64 * s).rem_euclid(n as i64) as usize;
+            // m = k·s mod n, incrementally.
+            let mut m = 0usize;
+            for (o, st) in row.iter_mut().zip(steps) {
                 *o = self.roots[m] * st;
+                m += step;
+                if m >= n {
+                    m -= n;
+                }
             }
         }
     }
@@ -138,64 +148,102 @@ const BLOCK: usize = 16;
 /// summed sequentially over `k` whatever the SIMD width: results do not depend on the
 /// instruction set (no FMA contraction either).
 #[inline(always)]
-fn contract_block_body(pr: &[f64], pi: &[f64], er: &[f64], ei: &[f64], out: &mut [Complex64]) {
-    let mut tr = [0.0f64; BLOCK];
-    let mut ti = [0.0f64; BLOCK];
+fn contract_block_body<T: Real, const FUSED: bool>(pr: &[T], pi: &[T], er: &[T], ei: &[T], out: &mut [Complex<T>]) {
+    let mut tr = [T::zero(); BLOCK];
+    let mut ti = [T::zero(); BLOCK];
     for ((&r, &i), (er, ei)) in pr.iter().zip(pi).zip(er.chunks_exact(BLOCK).zip(ei.chunks_exact(BLOCK))) {
-        let er: &[f64; BLOCK] = er.try_into().expect("chunk of BLOCK");
-        let ei: &[f64; BLOCK] = ei.try_into().expect("chunk of BLOCK");
+        let er: &[T; BLOCK] = er.try_into().expect("chunk of BLOCK");
+        let ei: &[T; BLOCK] = ei.try_into().expect("chunk of BLOCK");
         for a in 0..BLOCK {
-            tr[a] += r * er[a] - i * ei[a];
-            ti[a] += r * ei[a] + i * er[a];
+            if FUSED {
+                // Fast path only (f32): fused multiply-adds, other rounding.
+                tr[a] = r.mul_add(er[a], (-i).mul_add(ei[a], tr[a]));
+                ti[a] = r.mul_add(ei[a], i.mul_add(er[a], ti[a]));
+            } else {
+                tr[a] = tr[a] + (r * er[a] - i * ei[a]);
+                ti[a] = ti[a] + (r * ei[a] + i * er[a]);
+            }
         }
     }
     for (o, (r, i)) in out.iter_mut().zip(tr.iter().zip(&ti)) {
-        *o = Complex64::new(*r, *i);
+        *o = Complex::new(*r, *i);
     }
 }
 
-/// The same loop compiled for AVX (4 lanes of `f64`); selected at run time.
+/// The same loop compiled for AVX (4 lanes of `f64`, 8 of `f32`); selected at run time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn contract_block_avx(pr: &[f64], pi: &[f64], er: &[f64], ei: &[f64], out: &mut [Complex64]) {
-    contract_block_body(pr, pi, er, ei, out);
+fn contract_block_avx<T: Real>(pr: &[T], pi: &[T], er: &[T], ei: &[T], out: &mut [Complex<T>]) {
+    contract_block_body::<T, false>(pr, pi, er, ei, out);
+}
+
+/// The fast path's loop with fused multiply-adds (AVX + FMA); selected at run time for `f32`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+fn contract_block_fma<T: Real>(pr: &[T], pi: &[T], er: &[T], ei: &[T], out: &mut [Complex<T>]) {
+    contract_block_body::<T, true>(pr, pi, er, ei, out);
 }
 
 #[inline]
-fn contract_block(pr: &[f64], pi: &[f64], er: &[f64], ei: &[f64], out: &mut [Complex64]) {
+fn contract_block<T: Real>(pr: &[T], pi: &[T], er: &[T], ei: &[T], out: &mut [Complex<T>]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU supports AVX (checked just above).
-        unsafe { contract_block_avx(pr, pi, er, ei, out) };
-        return;
+    {
+        if T::FAST && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX and FMA (checked just above).
+            unsafe { contract_block_fma(pr, pi, er, ei, out) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX (checked just above).
+            unsafe { contract_block_avx(pr, pi, er, ei, out) };
+            return;
+        }
     }
-    contract_block_body(pr, pi, er, ei, out);
+    contract_block_body::<T, false>(pr, pi, er, ei, out);
 }
 
 /// Registration plans, template-independent tables and scratch for one image size and upsampling
 /// factor. One per worker and size; [`Registrar::register`] does not allocate.
+///
+/// `T` is the arithmetic: `f64` (the default, CaImAn's decisions bit for bit) or `f32` (the fast
+/// path: same algorithm, single-precision transforms and upsampled DFT).
 #[derive(Debug)]
-pub struct Registrar {
+pub struct Registrar<T = f64> {
     shape: [usize; 2],
     upsample: usize,
-    fft: Fft2d,
-    frame_spec: Spectrum,
-    product: Vec<Complex64>,
+    fft: Fft2d<T>,
+    frame_spec: Spectrum<T>,
+    product: Vec<Complex<T>>,
     /// The product split into real and imaginary parts (for the upsampled DFT).
-    prod_re: Vec<f64>,
-    prod_im: Vec<f64>,
-    work: Vec<Complex64>,
-    axes: Option<[AxisDft; 2]>,
+    prod_re: Vec<T>,
+    prod_im: Vec<T>,
+    work: Vec<Complex<T>>,
+    axes: Option<[AxisDft<T>; 2]>,
     lags: [Vec<(usize, i64)>; 2],
-    e0: Vec<Complex64>,
-    e0_re: Vec<f64>,
-    e0_im: Vec<f64>,
-    e1: Vec<Complex64>,
-    t: Vec<Complex64>,
-    cc: Vec<Complex64>,
+    e0: Vec<Complex<T>>,
+    e0_re: Vec<T>,
+    e0_im: Vec<T>,
+    e1: Vec<Complex<T>>,
+    e1_re: Vec<T>,
+    e1_im: Vec<T>,
+    t_re: Vec<T>,
+    t_im: Vec<T>,
+    cc: Vec<Complex<T>>,
+    /// Fast path: the DC of the cross-power spectrum (frame DC × template DC, `f64`), added back
+    /// to the mean-removed correlations before every comparison; 0 on the exact path.
+    dc: f64,
 }
 
-impl Registrar {
+/// Mean of `img` in `f64` (row by row, any strides).
+fn mean_f64<S: Sample>(img: &ArrayView2<'_, S>) -> f64 {
+    let mut total = 0.0;
+    for row in img.rows() {
+        total += row.iter().map(|v| v.to_f64()).sum::<f64>();
+    }
+    total / img.len().max(1) as f64
+}
+
+impl<T: Real> Registrar<T> {
     /// Plans for images of `shape = [h, w]` and sub-pixel resolution `1/upsample_factor`
     /// (CaImAn's `upsample_factor_fft`, 10 in the batch path).
     ///
@@ -206,7 +254,7 @@ impl Registrar {
         let [h, w] = shape;
         let fft = Fft2d::new(shape);
         let bins = w / 2 + 1;
-        let zero = Complex64::new(0.0, 0.0);
+        let zero = Complex::new(T::zero(), T::zero());
         let (region, _) = upsampled_region(upsample_factor);
         let axes = (upsample_factor > 1).then(|| [AxisDft::new(h, upsample_factor), AxisDft::new(w, upsample_factor)]);
         let up = upsample_factor > 1;
@@ -216,17 +264,21 @@ impl Registrar {
             fft,
             frame_spec: Spectrum::zeros(shape),
             product: vec![zero; bins * h],
-            prod_re: vec![0.0; if up { bins * h } else { 0 }],
-            prod_im: vec![0.0; if up { bins * h } else { 0 }],
+            prod_re: vec![T::zero(); if up { bins * h } else { 0 }],
+            prod_im: vec![T::zero(); if up { bins * h } else { 0 }],
             work: vec![zero; bins * h],
             axes,
             lags: [Vec::with_capacity(h), Vec::with_capacity(w)],
             e0: vec![zero; if up { region * h } else { 0 }],
-            e0_re: vec![0.0; if up { region.div_ceil(BLOCK) * BLOCK * h } else { 0 }],
-            e0_im: vec![0.0; if up { region.div_ceil(BLOCK) * BLOCK * h } else { 0 }],
+            e0_re: vec![T::zero(); if up { region.div_ceil(BLOCK) * BLOCK * h } else { 0 }],
+            e0_im: vec![T::zero(); if up { region.div_ceil(BLOCK) * BLOCK * h } else { 0 }],
             e1: vec![zero; if up { region * w } else { 0 }],
-            t: vec![zero; if up { region * w } else { 0 }],
+            e1_re: vec![T::zero(); if up { region.div_ceil(BLOCK) * BLOCK * w } else { 0 }],
+            e1_im: vec![T::zero(); if up { region.div_ceil(BLOCK) * BLOCK * w } else { 0 }],
+            t_re: vec![T::zero(); if up { region * w } else { 0 }],
+            t_im: vec![T::zero(); if up { region * w } else { 0 }],
             cc: vec![zero; if up { region * region } else { 0 }],
+            dc: 0.0,
         }
     }
 
@@ -244,15 +296,31 @@ impl Registrar {
     ///
     /// # Panics
     /// If `img` does not have this registrar's shape.
-    pub fn spectrum<T: Sample>(&mut self, img: ArrayView2<'_, T>, offset: f64) -> Spectrum {
+    ///
+    /// On the fast path (`T = f32`) the transform is of `img − mean(img)` (the mean subtracted in
+    /// `f64`) and the true DC is kept apart ([`Spectrum::removed_dc`]): single-precision
+    /// transforms of a large constant would otherwise swamp the correlation's variation.
+    pub fn spectrum<S: Sample>(&mut self, img: ArrayView2<'_, S>, offset: f64) -> Spectrum<T> {
         let mut s = Spectrum::zeros(self.shape);
-        self.fft.forward(img, offset, &mut s);
+        self.transform(img, offset, &mut s);
         s
     }
 
+    fn transform<S: Sample>(&mut self, img: ArrayView2<'_, S>, offset: f64, out: &mut Spectrum<T>) {
+        if T::FAST {
+            let mean = mean_f64(&img);
+            self.fft.forward(img, -mean, out);
+            out.as_mut_slice()[0] = Complex::new(T::zero(), T::zero());
+            out.set_removed_dc((mean + offset) * (self.shape[0] * self.shape[1]) as f64);
+        } else {
+            self.fft.forward(img, offset, out);
+        }
+    }
+
     /// The spectrum of the last frame passed to [`Self::register`] (`frame + offset`), for
-    /// Fourier-domain shifting without a second FFT.
-    pub fn frame_spectrum(&self) -> &Spectrum {
+    /// Fourier-domain shifting without a second FFT (fast path: of the mean-removed frame, see
+    /// [`Self::spectrum`]).
+    pub fn frame_spectrum(&self) -> &Spectrum<T> {
         &self.frame_spec
     }
 
@@ -264,11 +332,11 @@ impl Registrar {
     ///
     /// # Panics
     /// If a [`SearchWindow::Bounds`] has `lower > upper` on some axis.
-    pub fn register<T: Sample>(
+    pub fn register<S: Sample>(
         &mut self,
-        frame: ArrayView2<'_, T>,
+        frame: ArrayView2<'_, S>,
         offset: f64,
-        template: &Spectrum,
+        template: &Spectrum<T>,
         window: &SearchWindow,
     ) -> Result<Registration> {
         let [h, w] = self.shape;
@@ -286,9 +354,15 @@ impl Registrar {
                 got: template.shape().to_vec(),
             });
         }
-        self.fft.forward(frame, offset, &mut self.frame_spec);
+        let mut frame_spec = std::mem::take(&mut self.frame_spec);
+        self.transform(frame, offset, &mut frame_spec);
+        self.frame_spec = frame_spec;
         for ((p, f), g) in self.product.iter_mut().zip(self.frame_spec.as_slice()).zip(template.as_slice()) {
             *p = f * g.conj();
+        }
+        self.dc = self.frame_spec.removed_dc() * template.removed_dc();
+        if !self.dc.is_finite() {
+            return Err(Error::NonFinite { what: "frame or template (cross-correlation)" });
         }
         if self.upsample > 1 {
             for ((p, r), i) in self.product.iter().zip(&mut self.prod_re).zip(&mut self.prod_im) {
@@ -320,12 +394,14 @@ impl Registrar {
         allowed_lags(w, lo1, hi1, lags1);
         self.work.copy_from_slice(&self.product);
         self.fft.columns_inverse(&mut self.work);
+        let dc = self.dc;
         let mut best = -1.0f64;
         let mut arg = None;
         for &(k0, s0) in lags0.iter() {
             let row = self.fft.row_c2r(&self.work, k0);
             for &(k1, s1) in lags1.iter() {
-                let v = row[k1].abs();
+                // Exact path: dc = 0 and this is |r| (adding 0.0 changes no comparison).
+                let v = (row[k1].widen() + dc).abs();
                 if v > best {
                     best = v;
                     arg = Some([s0, s1]);
@@ -358,15 +434,27 @@ impl Registrar {
                 self.e0_im[i] = e.im;
             }
         }
-        // Step 1: contract the row frequencies, T[k1][a] = Σ_k0 R[k0,k1] E0[a][k0].
-        let mut block_out = [Complex64::new(0.0, 0.0); BLOCK];
+        // E1 transposed the same way (k1-major, BLOCK grid columns contiguous), for step 2.
+        for b in 0..region {
+            let (blk, l) = (b / BLOCK, b % BLOCK);
+            for k1 in 0..w {
+                let e = self.e1[b * w + k1];
+                let i = (blk * w + k1) * BLOCK + l;
+                self.e1_re[i] = e.re;
+                self.e1_im[i] = e.im;
+            }
+        }
+        // Step 1: contract the row frequencies, T[a][k1] = Σ_k0 R[k0,k1] E0[a][k0] (stored a-major).
+        let mut block_out = [Complex::new(T::zero(), T::zero()); BLOCK];
         for k1 in 0..bins {
             let (pr, pi) = (&self.prod_re[k1 * h..(k1 + 1) * h], &self.prod_im[k1 * h..(k1 + 1) * h]);
             for blk in 0..nblk {
                 let span = blk * h * BLOCK..(blk + 1) * h * BLOCK;
                 contract_block(pr, pi, &self.e0_re[span.clone()], &self.e0_im[span], &mut block_out);
                 for (l, v) in block_out.iter().enumerate().take(region - blk * BLOCK) {
-                    self.t[k1 * region + blk * BLOCK + l] = *v;
+                    let a = blk * BLOCK + l;
+                    self.t_re[a * w + k1] = v.re;
+                    self.t_im[a * w + k1] = v.im;
                 }
             }
         }
@@ -374,32 +462,37 @@ impl Registrar {
         for k1 in bins..w {
             let j = w - k1;
             for a in 0..region {
-                let mut v = self.t[j * region + a].conj();
+                let mut v = Complex::new(self.t_re[a * w + j], self.t_im[a * w + j]).conj();
                 if h % 2 == 0 {
                     // The Nyquist row k0 = h/2 is its own mirror (f = -h/2 in both places).
                     let e = self.e0[a * h + h / 2];
-                    v += self.product[j * h + h / 2].conj() * Complex64::new(0.0, 2.0 * e.im);
+                    v = v + self.product[j * h + h / 2].conj() * Complex::new(T::zero(), T::of(2.0) * e.im);
                 }
-                self.t[k1 * region + a] = v;
+                self.t_re[a * w + k1] = v.re;
+                self.t_im[a * w + k1] = v.im;
             }
         }
-        // Step 2: contract the column frequencies, CC[a][b] = Σ_k1 T[k1][a] E1[b][k1].
+        // Step 2: contract the column frequencies, CC[a][b] = Σ_k1 T[a][k1] E1[b][k1]; the same
+        // kernel, so every CC[a][b] is still summed sequentially over k1.
         for a in 0..region {
-            for b in 0..region {
-                let e1 = &self.e1[b * w..(b + 1) * w];
-                let mut acc = Complex64::new(0.0, 0.0);
-                for (k1, e) in e1.iter().enumerate() {
-                    acc += self.t[k1 * region + a] * e;
+            let (pr, pi) = (&self.t_re[a * w..(a + 1) * w], &self.t_im[a * w..(a + 1) * w]);
+            for blk in 0..nblk {
+                let span = blk * w * BLOCK..(blk + 1) * w * BLOCK;
+                contract_block(pr, pi, &self.e1_re[span.clone()], &self.e1_im[span], &mut block_out);
+                for (l, v) in block_out.iter().enumerate().take(region - blk * BLOCK) {
+                    self.cc[a * region + blk * BLOCK + l] = *v;
                 }
-                self.cc[a * region + b] = acc;
             }
         }
+        // Exact path: dc = 0, so z is CC itself (widening f64 is the identity).
+        let dc = self.dc;
+        let widen = |z: Complex<T>| Complex64::new(z.re.widen() + dc, z.im.widen());
         let mut best = -1.0f64;
         let mut arg = (0usize, 0usize);
-        let mut ccmax = self.cc[0];
+        let mut ccmax = widen(self.cc[0]);
         for a in 0..region {
             for b in 0..region {
-                let z = self.cc[a * region + b];
+                let z = widen(self.cc[a * region + b]);
                 let m = z.norm();
                 if m > best {
                     best = m;
@@ -442,7 +535,7 @@ pub fn register_translation(
             got: vec![frame.nrows(), frame.ncols()],
         });
     }
-    let mut reg = Registrar::new([frame.nrows(), frame.ncols()], upsample_factor);
+    let mut reg = Registrar::<f64>::new([frame.nrows(), frame.ncols()], upsample_factor);
     let spec = reg.spectrum(template, 0.0);
     reg.register(frame, 0.0, &spec, window)
 }
@@ -510,6 +603,28 @@ impl VolumeRegistrar {
     /// # Errors
     /// [`Error::ShapeMismatch`] or [`Error::NonFinite`].
     pub fn register(&mut self, vol: ArrayView3<'_, f32>, offset: f64, max_shifts: [usize; 3]) -> Result<Registration3> {
+        let bounds = std::array::from_fn(|axis| {
+            let (n, m) = (self.shape[axis], max_shifts[axis]);
+            if 2 * m >= n { (0, n as i64 - 1) } else { (-(m as i64), m as i64) }
+        });
+        self.register_bounded(vol, offset, bounds)
+    }
+
+    /// Registers `vol + offset` with the integer search limited to `lower … upper` (inclusive)
+    /// per axis, as patches are registered around the rigid shift (the whole axis when the range
+    /// covers it).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] or [`Error::NonFinite`].
+    ///
+    /// # Panics
+    /// If `lower > upper` on some axis.
+    pub fn register_bounded(
+        &mut self,
+        vol: ArrayView3<'_, f32>,
+        offset: f64,
+        bounds: [(i64, i64); 3],
+    ) -> Result<Registration3> {
         let shape: [usize; 3] = vol.dim().into();
         if shape != self.shape {
             return Err(Error::ShapeMismatch {
@@ -527,10 +642,9 @@ impl VolumeRegistrar {
         self.fft.transform(self.work.view_mut(), false);
         let mut lags: [Vec<(usize, i64)>; 3] = Default::default();
         for axis in 0..3 {
-            let n = self.shape[axis];
-            let m = max_shifts[axis];
-            let (lo, hi) = if 2 * m >= n { (0, n as i64 - 1) } else { (-(m as i64), m as i64) };
-            allowed_lags(n, lo, hi, &mut lags[axis]);
+            let (lo, hi) = bounds[axis];
+            assert!(lo <= hi, "VolumeRegistrar: lower {lo} > upper {hi} on axis {axis}");
+            allowed_lags(self.shape[axis], lo, hi, &mut lags[axis]);
         }
         let mut best = -1.0;
         let mut s = None;
@@ -569,7 +683,7 @@ fn refine_3d(product: &Array3<Complex64>, s: [i64; 3], u: usize) -> Registration
     let shape: [usize; 3] = product.dim().into();
     let kernels: Vec<ndarray::Array2<Complex64>> = (0..3)
         .map(|axis| {
-            let ax = AxisDft::new(shape[axis], u);
+            let ax = AxisDft::<f64>::new(shape[axis], u);
             let mut k = vec![Complex64::new(0.0, 0.0); region * shape[axis]];
             ax.kernel(s[axis], &mut k);
             ndarray::Array2::from_shape_vec((region, shape[axis]), k).expect("kernel shape")

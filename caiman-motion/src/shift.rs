@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rustfft::num_complex::Complex64;
 
-use crate::fft::{Fft2d, Sample, Spectrum, signed_freq};
+use crate::fft::{Fft2d, Real, Sample, Spectrum, signed_freq};
 
 /// How the margin that a shift uncovers is filled (CaImAn's `border_nan`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -56,19 +56,18 @@ fn cubic_coeffs(x: f32) -> [f32; 4] {
     [c0, c1, c2, c3]
 }
 
-/// OpenCV's `BicubicTab_f`: 32 × 32 fractional positions × 16 float32 weights (stored widened
-/// to `f64`, exactly, since every use multiplies them with `f64` pixels).
-fn cubic_table() -> &'static [[f64; 16]] {
-    static TAB: OnceLock<Vec<[f64; 16]>> = OnceLock::new();
+/// OpenCV's `BicubicTab_f`: 32 × 32 fractional positions × 16 float32 weights.
+fn cubic_table_f32() -> &'static [[f32; 16]] {
+    static TAB: OnceLock<Vec<[f32; 16]>> = OnceLock::new();
     TAB.get_or_init(|| {
         let one_d: Vec<[f32; 4]> = (0..32).map(|i| cubic_coeffs(i as f32 * (1.0 / 32.0))).collect();
         let mut tab = Vec::with_capacity(1024);
         for vy in &one_d {
             for vx in &one_d {
-                let mut w = [0f64; 16];
+                let mut w = [0f32; 16];
                 for k1 in 0..4 {
                     for k2 in 0..4 {
-                        w[k1 * 4 + k2] = f64::from(vy[k1] * vx[k2]);
+                        w[k1 * 4 + k2] = vy[k1] * vx[k2];
                     }
                 }
                 tab.push(w);
@@ -76,6 +75,19 @@ fn cubic_table() -> &'static [[f64; 16]] {
         }
         tab
     })
+}
+
+/// OpenCV's 1-D cubic weights at the 32 fractional positions (`f32`).
+fn cubic_table_1d() -> &'static [[f32; 4]; 32] {
+    static TAB: OnceLock<[[f32; 4]; 32]> = OnceLock::new();
+    TAB.get_or_init(|| std::array::from_fn(|i| cubic_coeffs(i as f32 * (1.0 / 32.0))))
+}
+
+/// [`cubic_table_f32`] widened to `f64`, exactly, since every use of the exact path multiplies
+/// the weights with `f64` pixels.
+fn cubic_table() -> &'static [[f64; 16]] {
+    static TAB: OnceLock<Vec<[f64; 16]>> = OnceLock::new();
+    TAB.get_or_init(|| cubic_table_f32().iter().map(|w| w.map(f64::from)).collect())
 }
 
 /// OpenCV `borderInterpolate`; `None` means "outside, use the constant".
@@ -109,7 +121,7 @@ fn border_index(p: i64, len: i64, border: CvBorder) -> Option<i64> {
 /// One output pixel of OpenCV's `remapBicubic` for `f64` images (`f32` weights, `f64` sums).
 /// `(sx, sy)` is the top-left tap, `src` a contiguous `h × w` image.
 #[inline]
-fn bicubic_pixel(src: &[f64], h: usize, w: usize, sx: i64, sy: i64, wt: &[f64; 16], border: CvBorder) -> f64 {
+fn bicubic_pixel<T: Real>(src: &[T], h: usize, w: usize, sx: i64, sy: i64, wt: &[T; 16], border: CvBorder) -> T {
     let (hi, wi) = (h as i64, w as i64);
     if sx >= 0 && sx < (wi - 3).max(0) && sy >= 0 && sy < (hi - 3).max(0) {
         let (sx, sy) = (sx as usize, sy as usize);
@@ -117,19 +129,19 @@ fn bicubic_pixel(src: &[f64], h: usize, w: usize, sx: i64, sy: i64, wt: &[f64; 1
         let w = |k: usize| wt[k];
         let (s0, s1, s2, s3) = (r(0), r(1), r(2), r(3));
         let mut sum = s0[0] * w(0) + s0[1] * w(1) + s0[2] * w(2) + s0[3] * w(3);
-        sum += s1[0] * w(4) + s1[1] * w(5) + s1[2] * w(6) + s1[3] * w(7);
-        sum += s2[0] * w(8) + s2[1] * w(9) + s2[2] * w(10) + s2[3] * w(11);
-        sum += s3[0] * w(12) + s3[1] * w(13) + s3[2] * w(14) + s3[3] * w(15);
+        sum = sum + (s1[0] * w(4) + s1[1] * w(5) + s1[2] * w(6) + s1[3] * w(7));
+        sum = sum + (s2[0] * w(8) + s2[1] * w(9) + s2[2] * w(10) + s2[3] * w(11));
+        sum = sum + (s3[0] * w(12) + s3[1] * w(13) + s3[2] * w(14) + s3[3] * w(15));
         return sum;
     }
     let cv = match border {
         CvBorder::Constant(v) => {
             if sx >= wi || sx + 4 <= 0 || sy >= hi || sy + 4 <= 0 {
-                return v;
+                return T::of(v);
             }
-            v
+            T::of(v)
         }
-        _ => 0.0,
+        _ => T::zero(),
     };
     let xs: [Option<i64>; 4] = std::array::from_fn(|i| border_index(sx + i as i64, wi, border));
     let mut sum = cv;
@@ -138,7 +150,7 @@ fn bicubic_pixel(src: &[f64], h: usize, w: usize, sx: i64, sy: i64, wt: &[f64; 1
         let row = &src[yi as usize * w..(yi as usize + 1) * w];
         for (j, x) in xs.iter().enumerate() {
             if let Some(x) = x {
-                sum += (row[*x as usize] - cv) * wt[i * 4 + j];
+                sum = sum + (row[*x as usize] - cv) * wt[i * 4 + j];
             }
         }
     }
@@ -234,7 +246,7 @@ fn load_f64<T: Sample>(src: ArrayView2<'_, T>, offset: f64, buf: &mut Vec<f64>) 
 /// rows `[:ceil(max(0, sy))]`, `[floor(min(0, sy)):]` and the analogous columns are filled
 /// according to `mode` (`min_value` for [`BorderMode::Min`]). Margins at least as large as the
 /// image are clamped (CaImAn would raise an `IndexError` for `'copy'`; here nothing is copied).
-pub fn fix_border(mut img: ArrayViewMut2<'_, f64>, shift: [f64; 2], mode: BorderMode, min_value: f64) {
+pub fn fix_border<T: Real>(mut img: ArrayViewMut2<'_, T>, shift: [f64; 2], mode: BorderMode, min_value: T) {
     let (h, w) = img.dim();
     let max_h = shift[0].max(0.0).ceil() as usize;
     let min_h = (-shift[0].min(0.0).floor()) as usize; // number of rows at the end
@@ -242,7 +254,7 @@ pub fn fix_border(mut img: ArrayViewMut2<'_, f64>, shift: [f64; 2], mode: Border
     let min_w = (-shift[1].min(0.0).floor()) as usize;
     let fill = match mode {
         BorderMode::None => return,
-        BorderMode::Nan => Some(f64::NAN),
+        BorderMode::Nan => Some(T::nan()),
         BorderMode::Min => Some(min_value),
         BorderMode::Copy => None,
     };
@@ -295,6 +307,179 @@ pub fn fix_border(mut img: ArrayViewMut2<'_, f64>, shift: [f64; 2], mode: Border
 pub struct CubicWarper {
     src: Vec<f64>,
     out: Vec<f64>,
+    src32: Vec<f32>,
+    tmp32: Vec<f32>,
+}
+
+/// Copies `src + offset` into a contiguous `f32` buffer; returns `(nanmin, nanmax, any NaN)`.
+fn load_f32(src: ArrayView2<'_, f32>, offset: f64, buf: &mut Vec<f32>) -> (f32, f32, bool) {
+    buf.clear();
+    buf.reserve(src.len());
+    let off = offset as f32;
+    match src.as_slice() {
+        Some(sl) => buf.extend(sl.iter().map(|&v| v + off)),
+        None => src.rows().into_iter().for_each(|r| buf.extend(r.iter().map(|&v| v + off))),
+    }
+    // Eight independent lanes (vectorisable); `min`/`max` ignore NaN, which is tracked apart.
+    let (mut lo, mut hi, mut nan) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8], false);
+    let chunks = buf.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            lo[k] = lo[k].min(c[k]);
+            hi[k] = hi[k].max(c[k]);
+            nan |= c[k].is_nan();
+        }
+    }
+    for &v in rest {
+        lo[0] = lo[0].min(v);
+        hi[0] = hi[0].max(v);
+        nan |= v.is_nan();
+    }
+    let lo = lo.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = hi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if lo > hi { (f32::NAN, f32::NAN, nan) } else { (lo, hi, nan) }
+}
+
+/// One pass of the separable cubic filter of the fast translation along a contiguous line:
+/// `out[x] = Σ_j w[j] · line[reflect(x + o + j)]`.
+#[inline(always)]
+fn filter_line_body(line: &[f32], o: i64, w: &[f32; 4], out: &mut [f32]) {
+    let n = line.len() as i64;
+    let lo = (-o).clamp(0, n) as usize;
+    let hi = (n - 3 - o).clamp(lo as i64, n) as usize;
+    let tap = |x: usize| -> f32 {
+        let mut s = 0.0f32;
+        for (j, &wj) in w.iter().enumerate() {
+            let p = border_index(x as i64 + o + j as i64, n, CvBorder::Reflect).unwrap_or(0);
+            s += wj * line[p as usize];
+        }
+        s
+    };
+    for x in (0..lo).chain(hi..out.len()) {
+        out[x] = tap(x);
+    }
+    if hi > lo {
+        let base = (lo as i64 + o) as usize;
+        let src = &line[base..base + (hi - lo) + 3];
+        for (i, d) in out[lo..hi].iter_mut().enumerate() {
+            *d = w[0] * src[i] + w[1] * src[i + 1] + w[2] * src[i + 2] + w[3] * src[i + 3];
+        }
+    }
+}
+
+/// `out = Σ_i w[i] · rows[i]` (the vertical pass).
+#[inline(always)]
+fn combine_rows_body(rows: [&[f32]; 4], w: &[f32; 4], out: &mut [f32]) {
+    let [r0, r1, r2, r3] = rows;
+    for ((((d, &a), &b), &c), &e) in out.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+        *d = w[0] * a + w[1] * b + w[2] * c + w[3] * e;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+fn filter_line_avx(line: &[f32], o: i64, w: &[f32; 4], out: &mut [f32]) {
+    filter_line_body(line, o, w, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+fn combine_rows_avx(rows: [&[f32]; 4], w: &[f32; 4], out: &mut [f32]) {
+    combine_rows_body(rows, w, out);
+}
+
+fn has_avx_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn filter_line(line: &[f32], o: i64, w: &[f32; 4], out: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when the CPU has AVX and FMA (`has_avx_fma`).
+        unsafe { filter_line_avx(line, o, w, out) };
+        return;
+    }
+    let _ = simd;
+    filter_line_body(line, o, w, out);
+}
+
+fn combine_rows(rows: [&[f32]; 4], w: &[f32; 4], out: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when the CPU has AVX and FMA (`has_avx_fma`).
+        unsafe { combine_rows_avx(rows, w, out) };
+        return;
+    }
+    let _ = simd;
+    combine_rows_body(rows, w, out);
+}
+
+/// One output row of the fast remap: OpenCV's 1/32-pixel map quantisation and `f32` weight
+/// table, `f32` taps and sums.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn remap_row_body(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    y: usize,
+    fy_row: &[f32],
+    fx_row: &[f32],
+    border: CvBorder,
+    offset_out: f32,
+    out: &mut [f32],
+) {
+    let tab = cubic_table_f32();
+    let one_d = cubic_table_1d();
+    for (x, ((d, &fy), &fx)) in out.iter_mut().zip(fy_row).zip(fx_row).enumerate() {
+        let map_x = x as f32 - fx;
+        let map_y = y as f32 - fy;
+        let xi = round_even_f32(map_x * 32.0);
+        let yi = round_even_f32(map_y * 32.0);
+        let (sx, sy) = ((xi >> 5) - 1, (yi >> 5) - 1);
+        let v = if sx >= 0 && sx + 4 <= w as i64 && sy >= 0 && sy + 4 <= h as i64 {
+            // Separable: 4 horizontal sums with the 1-D weights, then the vertical one (the
+            // 512-byte 1-D table stays in L1, unlike the 64 KiB 2-D table).
+            let (wx, wy) = (&one_d[(xi & 31) as usize], &one_d[(yi & 31) as usize]);
+            let o = sy as usize * w + sx as usize;
+            let rows = &src[o..o + 3 * w + 4];
+            let mut acc = [0f32; 4];
+            for (k, a) in acc.iter_mut().enumerate() {
+                let r = &rows[k * w..k * w + 4];
+                *a = r[0] * wx[0] + r[1] * wx[1] + r[2] * wx[2] + r[3] * wx[3];
+            }
+            (acc[0] * wy[0] + acc[1] * wy[1]) + (acc[2] * wy[2] + acc[3] * wy[3])
+        } else {
+            let wt = &tab[((yi & 31) * 32 + (xi & 31)) as usize];
+            bicubic_pixel(src, h, w, sx, sy, wt, border)
+        };
+        *d = v - offset_out;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+#[allow(clippy::too_many_arguments)]
+fn remap_row_avx(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    y: usize,
+    fy_row: &[f32],
+    fx_row: &[f32],
+    border: CvBorder,
+    offset_out: f32,
+    out: &mut [f32],
+) {
+    remap_row_body(src, h, w, y, fy_row, fx_row, border, offset_out, out);
 }
 
 impl CubicWarper {
@@ -447,6 +632,163 @@ impl CubicWarper {
                 };
                 drow[x] = (v - offset_out) as f32;
             }
+        }
+    }
+}
+
+impl CubicWarper {
+    /// The fast (`f32`) counterpart of [`Self::translate`]: the same OpenCV quantisation of the
+    /// shift to 1/32 pixel, the same Keys (a = −0.75) weights, `BORDER_REFLECT`, clipping and
+    /// border fix-up, but evaluated as a separable filter (4 horizontal + 4 vertical taps) in
+    /// `f32`. Differs from the exact path by `f32` rounding only (~1e-6 relative).
+    ///
+    /// # Panics
+    /// If `dst` has a different shape than `src`.
+    pub fn translate_fast(
+        &mut self,
+        src: ArrayView2<'_, f32>,
+        offset: f64,
+        shift: [f64; 2],
+        border: BorderMode,
+        dst: ArrayViewMut2<'_, f32>,
+    ) {
+        self.translate_fast_offsets(src, offset, offset, shift, border, dst);
+    }
+
+    /// [`Self::translate_fast`] of `src + offset_in`, writing `result − offset_out`.
+    pub(crate) fn translate_fast_offsets(
+        &mut self,
+        src: ArrayView2<'_, f32>,
+        offset_in: f64,
+        offset_out: f64,
+        shift: [f64; 2],
+        border: BorderMode,
+        mut dst: ArrayViewMut2<'_, f32>,
+    ) {
+        assert_eq!(src.dim(), dst.dim(), "CubicWarper::translate_fast: shape mismatch");
+        let (h, w) = src.dim();
+        if h == 0 || w == 0 {
+            return;
+        }
+        let simd = has_avx_fma();
+        let (lo, hi, _) = load_f32(src, offset_in, &mut self.src32);
+        // The same fixed-point arithmetic as the exact path: constant fractions per axis.
+        let m2 = -f64::from(shift[1] as f32);
+        let m5 = -f64::from(shift[0] as f32);
+        let xq = (cv_round(m2 * 1024.0) + 16) >> 5;
+        let (fx, ox) = (xq & 31, (xq >> 5) - 1);
+        let yq = (cv_round(m5 * 1024.0) + 16) >> 5;
+        let (fy, oy) = (yq & 31, (yq >> 5) - 1);
+        let wx = cubic_coeffs(fx as f32 / 32.0);
+        let wy = cubic_coeffs(fy as f32 / 32.0);
+        // Horizontal pass over every source row, then the vertical pass into the output.
+        self.tmp32.resize(h * w, 0.0);
+        for (line, out) in self.src32.chunks_exact(w).zip(self.tmp32.chunks_exact_mut(w)) {
+            filter_line(line, ox, &wx, out, simd);
+        }
+        let (lo_off, hi_off) = (lo, hi);
+        let off_out = offset_out as f32;
+        // The clipping and the border fix-up need the warped image before `offset_out` is
+        // removed, so they run on the output rows in place (the output is f32 anyway).
+        let mut out = ArrayViewMut2::from_shape((h, w), &mut self.src32[..]).expect("contiguous");
+        for y in 0..h {
+            let rows: [&[f32]; 4] = std::array::from_fn(|i| {
+                let r = border_index(y as i64 + oy + i as i64, h as i64, CvBorder::Reflect).unwrap_or(0) as usize;
+                &self.tmp32[r * w..(r + 1) * w]
+            });
+            let orow = out.row_mut(y).into_slice().expect("contiguous row");
+            combine_rows(rows, &wy, orow, simd);
+            for v in orow.iter_mut() {
+                if *v < lo_off {
+                    *v = lo_off;
+                }
+                if *v > hi_off {
+                    *v = hi_off;
+                }
+            }
+        }
+        fix_border(out.view_mut(), shift, border, lo);
+        match dst.as_slice_mut() {
+            Some(d) => d.iter_mut().zip(out.iter()).for_each(|(d, &v)| *d = v - off_out),
+            None => dst.zip_mut_with(&out, |d, &v| *d = v - off_out),
+        }
+    }
+
+    /// The fast (`f32`) counterpart of [`Self::remap`]: OpenCV's map quantisation and `f32`
+    /// weight table, `f32` pixels and sums (OpenCV's own arithmetic for `float32` images).
+    ///
+    /// # Panics
+    /// If the fields or `dst` do not have the shape of `src`.
+    pub fn remap_fast(
+        &mut self,
+        src: ArrayView2<'_, f32>,
+        offset: f64,
+        field_y: ArrayView2<'_, f32>,
+        field_x: ArrayView2<'_, f32>,
+        border: BorderMode,
+        dst: ArrayViewMut2<'_, f32>,
+    ) {
+        self.remap_fast_offsets(src, offset, offset, field_y, field_x, border, dst);
+    }
+
+    /// [`Self::remap_fast`] of `src + offset_in`, writing `result − offset_out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn remap_fast_offsets(
+        &mut self,
+        src: ArrayView2<'_, f32>,
+        offset_in: f64,
+        offset_out: f64,
+        field_y: ArrayView2<'_, f32>,
+        field_x: ArrayView2<'_, f32>,
+        border: BorderMode,
+        mut dst: ArrayViewMut2<'_, f32>,
+    ) {
+        assert_eq!(src.dim(), dst.dim(), "CubicWarper::remap_fast: shape mismatch");
+        assert_eq!(src.dim(), field_y.dim(), "CubicWarper::remap_fast: field shape");
+        assert_eq!(src.dim(), field_x.dim(), "CubicWarper::remap_fast: field shape");
+        let (h, w) = src.dim();
+        if h == 0 || w == 0 {
+            return;
+        }
+        let (lo, _, has_nan) = load_f32(src, offset_in, &mut self.src32);
+        let cv_border = match border {
+            BorderMode::Copy => CvBorder::Replicate,
+            BorderMode::Nan => CvBorder::Constant(f64::NAN),
+            BorderMode::Min => CvBorder::Constant(if has_nan { f64::NAN } else { f64::from(lo) }),
+            BorderMode::None => CvBorder::Constant(0.0),
+        };
+        let simd = has_avx_fma();
+        let off = offset_out as f32;
+        self.tmp32.resize(w, 0.0);
+        for y in 0..h {
+            let (fy, fx) = (field_y.row(y), field_x.row(y));
+            let (fy, fx) = match (fy.as_slice(), fx.as_slice()) {
+                (Some(a), Some(b)) => (a, b),
+                _ => {
+                    // Non-contiguous fields: gather the rows first (rare; tests only).
+                    let mut tmp = vec![0f32; 2 * w];
+                    tmp[..w].iter_mut().zip(fy.iter()).for_each(|(d, &v)| *d = v);
+                    tmp[w..].iter_mut().zip(fx.iter()).for_each(|(d, &v)| *d = v);
+                    let out = &mut self.tmp32[..w];
+                    remap_row_body(&self.src32, h, w, y, &tmp[..w], &tmp[w..], cv_border, off, out);
+                    dst.row_mut(y).iter_mut().zip(out.iter()).for_each(|(d, &v)| *d = v);
+                    continue;
+                }
+            };
+            let out = &mut self.tmp32[..w];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd` is only true when the CPU has AVX and FMA.
+                unsafe { remap_row_avx(&self.src32, h, w, y, fy, fx, cv_border, off, out) };
+            } else {
+                remap_row_body(&self.src32, h, w, y, fy, fx, cv_border, off, out);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = simd;
+                remap_row_body(&self.src32, h, w, y, fy, fx, cv_border, off, out);
+            }
+            dst.row_mut(y).iter_mut().zip(out.iter()).for_each(|(d, &v)| *d = v);
         }
     }
 }

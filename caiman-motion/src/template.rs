@@ -148,6 +148,27 @@ impl NanMeanAccumulator {
     pub fn add(&mut self, frame: ArrayView2<'_, f32>) {
         assert_eq!(frame.dim(), (self.dims[0], self.dims[1]), "NanMeanAccumulator: frame shape");
         self.frames += 1;
+        if let Some(sl) = frame.as_slice() {
+            // Contiguous fast path (branch-free, vectorisable). Adding 0.0 for a NaN is the same
+            // as skipping it: a sum that starts at +0.0 can never be −0.0.
+            match self.mode {
+                Accumulation::NumpyF32 => {
+                    for ((s, c), &v) in self.sum32.iter_mut().zip(&mut self.count).zip(sl) {
+                        let ok = !v.is_nan();
+                        *s += if ok { v } else { 0.0 };
+                        *c += u32::from(ok);
+                    }
+                }
+                Accumulation::F64 => {
+                    for ((s, c), &v) in self.sum64.iter_mut().zip(&mut self.count).zip(sl) {
+                        let ok = !v.is_nan();
+                        *s += if ok { f64::from(v) } else { 0.0 };
+                        *c += u32::from(ok);
+                    }
+                }
+            }
+            return;
+        }
         let w = self.dims[1];
         for (i, row) in frame.rows().into_iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {

@@ -10,6 +10,39 @@ use caiman_motion::register::{Registrar, SearchWindow, VolumeRegistrar, register
 use caiman_motion::shift::{BorderMode, CubicWarper, DftShifter, apply_shifts_dft_3d};
 use caiman_motion::{CorrectionOptions, FrameCorrector};
 use common::{corr, smooth_image, textured_image};
+
+/// A smooth, band-limited, periodic `n × n` image with an isotropic amplitude spectrum
+/// (`exp(−ρ²/2σ²)`, σ = 0.06 cycles/px, random phases from `seed`), content displaced by `d`:
+/// `img(x) = 100 + Σ_k A(|k|) cos(2π k·(x − d)/n + φ_k)` over a half plane of frequencies.
+fn isotropic_image(n: usize, d: [f64; 2], seed: u64) -> Array2<f32> {
+    let mut rng = common::Lcg(seed.wrapping_mul(7919).wrapping_add(3));
+    let half = (n / 2) as i64;
+    let mut terms = Vec::new();
+    for k0 in -half..=half {
+        for k1 in 0..=half {
+            if k1 == 0 && k0 <= 0 {
+                continue;
+            }
+            let (f0, f1) = (k0 as f64 / n as f64, k1 as f64 / n as f64);
+            let a = 40.0 * (-(f0 * f0 + f1 * f1) / (2.0 * 0.06 * 0.06)).exp();
+            // A radial cut-off keeps the spectrum isotropic.
+            if a > 1e-4 {
+                terms.push((f0, f1, a, 2.0 * std::f64::consts::PI * rng.next_f64()));
+            }
+        }
+    }
+    let tau = 2.0 * std::f64::consts::PI;
+    // cos(θ0(i) + θ1(j)) = cos θ0 cos θ1 − sin θ0 sin θ1, with per-axis tables.
+    let mut img = Array2::<f64>::from_elem((n, n), 100.0);
+    for &(f0, f1, a, ph) in &terms {
+        let t0: Vec<(f64, f64)> = (0..n).map(|i| (tau * f0 * (i as f64 - d[0]) + ph).sin_cos()).collect();
+        let t1: Vec<(f64, f64)> = (0..n).map(|j| (tau * f1 * (j as f64 - d[1])).sin_cos()).collect();
+        for ((i, j), v) in img.indexed_iter_mut() {
+            *v += a * (t0[i].1 * t1[j].1 - t0[i].0 * t1[j].0);
+        }
+    }
+    img.mapv(|v| v as f32)
+}
 use ndarray::{Array2, Array3, s};
 use proptest::prelude::*;
 
@@ -29,7 +62,7 @@ fn integer_shift_is_recovered_exactly() {
 #[test]
 fn fourier_unshift_has_exact_nan_mask_and_equals_template() {
     let (frame, templ) = caiman_pair();
-    let mut reg = Registrar::new([16, 20], 1);
+    let mut reg = Registrar::<f64>::new([16, 20], 1);
     let tspec = reg.spectrum(templ.view(), 0.0);
     let r = reg.register(frame.view(), 0.0, &tspec, &SearchWindow::MaxShifts([10, 10])).unwrap();
     let mut out = Array2::<f64>::zeros((16, 20));
@@ -117,19 +150,27 @@ fn volume_registration_recovers_shift() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// An exact sub-pixel Fourier shift `d` of a smooth image is recovered to the 0.1 px grid:
-    /// within 0.06 px per axis. (Not 0.05: the argmax over the 2-D grid of an anisotropic
-    /// correlation peak is not per-axis rounding; 300 random cases gave at most 0.0531.) Odd
-    /// sizes: with even sizes the real part of a Fourier shift alters the Nyquist bins, so the
-    /// "shifted" image is not an exact shift.
+    /// An injected sub-pixel shift `d` of a smooth image is recovered within 0.05 px per axis, by
+    /// both arithmetics. The 0.1 px grid alone guarantees that only where the correlation peak
+    /// is isotropic: the argmax over a 2-D grid of an elongated, tilted peak is not per-axis
+    /// rounding (blob images gave up to 0.053 px). So the images here are band-limited with a
+    /// radially symmetric amplitude spectrum and random phases on a square grid (isotropic
+    /// autocorrelation), and the shift is injected exactly (each cosine evaluated at `x − d`,
+    /// no interpolation). 0.05 px is the half grid step, reached at ties; the 1e-4 px above it
+    /// covers tie-breaking by f32 rounding (3000 random cases, `injected_shift_worst_case`:
+    /// worst 0.049995 px in f64, 0.050044 px in f32; blob images gave 0.053 px).
     #[test]
-    fn injected_fourier_shift_is_recovered(d0 in -4.5f64..4.5, d1 in -4.5f64..4.5, seed in 0u64..1000) {
-        let img = smooth_image(65, 63, 10, seed);
-        let mut moved = Array2::<f64>::zeros((65, 63));
-        DftShifter::new([65, 63]).shift_image(img.view(), 0.0, [d0, d1], 0.0, BorderMode::None, moved.view_mut());
-        let moved = moved.mapv(|v| v as f32);
+    fn injected_shift_is_recovered_within_005_px(d0 in -4.5f64..4.5, d1 in -4.5f64..4.5, seed in 0u64..1000) {
+        let n = 65;
+        let img = isotropic_image(n, [0.0, 0.0], seed);
+        let moved = isotropic_image(n, [d0, d1], seed);
         let r = register_translation(moved.view(), img.view(), 10, &SearchWindow::MaxShifts([6, 6])).unwrap();
-        prop_assert!((r.shift[0] - d0).abs() < 0.06 && (r.shift[1] - d1).abs() < 0.06, "{:?} vs {:?}", r.shift, [d0, d1]);
+        let tol = 0.05 + 1e-4;
+        prop_assert!((r.shift[0] - d0).abs() <= tol && (r.shift[1] - d1).abs() <= tol, "f64 {:?} vs {:?}", r.shift, [d0, d1]);
+        let mut fast = Registrar::<f32>::new([n, n], 10);
+        let spec = fast.spectrum(img.view(), 0.0);
+        let r = fast.register(moved.view(), 0.0, &spec, &SearchWindow::MaxShifts([6, 6])).unwrap();
+        prop_assert!((r.shift[0] - d0).abs() <= tol && (r.shift[1] - d1).abs() <= tol, "f32 {:?} vs {:?}", r.shift, [d0, d1]);
     }
 
     /// Fourier shift then inverse shift restores the image (circular, exact for odd sizes: an
@@ -160,4 +201,27 @@ proptest! {
             prop_assert!((f64::from(*x) - f64::from(*y)).abs() < 0.05 * range, "{x} vs {y}");
         }
     }
+}
+
+/// The worst case of [`injected_shift_is_recovered_within_005_px`] over many random shifts (run
+/// with `--ignored --nocapture`; measured: see the module report).
+#[test]
+#[ignore = "statistics over 3000 cases"]
+#[allow(clippy::print_stderr)]
+fn injected_shift_worst_case() {
+    let n = 65;
+    let mut rng = common::Lcg(99);
+    let (mut worst64, mut worst32) = (0.0f64, 0.0f64);
+    for case in 0..3000u64 {
+        let d = [rng.next_f64() * 9.0 - 4.5, rng.next_f64() * 9.0 - 4.5];
+        let img = isotropic_image(n, [0.0, 0.0], case % 50);
+        let moved = isotropic_image(n, d, case % 50);
+        let r = register_translation(moved.view(), img.view(), 10, &SearchWindow::MaxShifts([6, 6])).unwrap();
+        worst64 = worst64.max((r.shift[0] - d[0]).abs()).max((r.shift[1] - d[1]).abs());
+        let mut fast = Registrar::<f32>::new([n, n], 10);
+        let spec = fast.spectrum(img.view(), 0.0);
+        let r = fast.register(moved.view(), 0.0, &spec, &SearchWindow::MaxShifts([6, 6])).unwrap();
+        worst32 = worst32.max((r.shift[0] - d[0]).abs()).max((r.shift[1] - d[1]).abs());
+    }
+    eprintln!("worst error over 3000 cases: f64 {worst64:.6} px, f32 {worst32:.6} px");
 }

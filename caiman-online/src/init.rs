@@ -17,62 +17,6 @@ use crate::error::{Error, Result};
 use crate::onacid::OnAcid;
 use crate::preprocess::{FramePrep, correct_batch, working_dims};
 
-/// `YrA`: for each neuron `k`, `(a_kᵀY − Σ_j (ab_kᵀab_j)·cf_j) / (‖a_k‖² + eps)` over
-/// `Ab = [A | b]`, `Cf = [C; f]` (the batch `compute_residuals`, both terms normalised by
-/// `‖a_k‖²`).
-fn residual_traces(est: &Estimates, yr: &Array2<f32>) -> Array2<f64> {
-    let (k, t) = est.c.dim();
-    let nb = est.b.ncols();
-    // Dense columns of Ab (neurons then background) are only touched on their supports.
-    let mut cols: Vec<(Vec<usize>, Vec<f64>)> = (0..k)
-        .map(|j| {
-            let (r, v) = est.a.col(j);
-            (r.to_vec(), v.iter().map(|&x| f64::from(x)).collect())
-        })
-        .collect();
-    for j in 0..nb {
-        let (r, v): (Vec<usize>, Vec<f64>) =
-            est.b.column(j).iter().enumerate().filter(|(_, x)| **x != 0.0).map(|(p, &x)| (p, f64::from(x))).unzip();
-        cols.push((r, v));
-    }
-    let d = yr.nrows();
-    let mut dense = vec![0f64; d];
-    let mut out = Array2::<f64>::zeros((k, t));
-    for i in 0..k {
-        let (ri, vi) = &cols[i];
-        ri.iter().zip(vi).for_each(|(&p, &v)| dense[p] = v);
-        let na: f64 = vi.iter().map(|v| v * v).sum::<f64>() + caiman_cnmf::estimates::EPS_F32;
-        let mut row = out.row_mut(i);
-        for (&p, &v) in ri.iter().zip(vi) {
-            row.iter_mut().zip(yr.row(p)).for_each(|(o, &y)| *o += v * f64::from(y));
-        }
-        for (j, (rj, vj)) in cols.iter().enumerate() {
-            let w: f64 = rj.iter().zip(vj).map(|(&p, &v)| v * dense[p]).sum();
-            if w != 0.0 {
-                let cf = if j < k { est.c.row(j) } else { est.f.row(j - k) };
-                row.iter_mut().zip(cf).for_each(|(o, &c)| *o -= w * c);
-            }
-        }
-        row.mapv_inplace(|v| v / na);
-        ri.iter().for_each(|&p| dense[p] = 0.0);
-    }
-    out
-}
-
-/// `numpy.median` of a slice (mean of the two middle values for an even length).
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
-}
-
 /// CaImAn's `HALS4shapes(Yr, A, C, iters)`: block-coordinate descent on the footprints,
 /// each restricted to its initial support (`A > 0`). `yr_res` is `Y − b·f` (pixels × frames).
 fn hals4shapes(yr_res: &Array2<f32>, a: &mut Array2<f32>, c: &Array2<f64>, iters: usize) {
@@ -138,7 +82,7 @@ fn prepare_batch(params: &CnmfParams, frames: ArrayView3<'_, f32>) -> Result<Bat
         yr.mapv_inplace(|v| v - img_min);
     }
     let std: Vec<f64> = yr.rows().into_iter().map(|r| r.mapv(f64::from).std(0.0)).collect();
-    let med = median(&std);
+    let med = caiman_cnmf::stats::median(&std).unwrap_or(f64::NAN);
     let img_norm: Vec<f32> = std.iter().map(|&s| (s + med) as f32).collect();
     if normalize {
         if img_norm.iter().any(|&v| v.is_nan() || v <= 0.0) {
@@ -189,7 +133,7 @@ pub fn initialize<E: Executor>(
             init_params.nb = nb as i64;
             let r = initialize_components(yr.view(), dims, &init_params, true, par)?;
             let mut est = Estimates::new(dims, r.a, r.c, r.b, r.f)?;
-            est.yr_a = Some(residual_traces(&est, yr));
+            est.compute_residuals(yr.view(), par)?;
             est.center = Some(r.center);
             est
         }
@@ -197,7 +141,7 @@ pub fn initialize<E: Executor>(
             let fov = Fov::new(dims, yr.view())?;
             let (mut est, _report) = caiman_cnmf::cnmf::fit(&fov, params, exec)?;
             if est.yr_a.is_none() {
-                est.yr_a = Some(residual_traces(&est, yr));
+                est.compute_residuals(yr.view(), par)?;
             }
             est
         }
@@ -232,7 +176,7 @@ pub fn initialize<E: Executor>(
                 par,
             )?;
             let mut est = Estimates::new(dims, CscMatrix::from_dense(f.a.view()), f.c, f.b, f.f)?;
-            est.yr_a = Some(residual_traces(&est, yr));
+            est.compute_residuals(yr.view(), par)?;
             est
         }
     };

@@ -159,5 +159,6 @@ pub fn reference_options() -> caiman_motion::CorrectionOptions {
         border: caiman_motion::BorderMode::Copy,
         gsig_filt: None,
         add_to_movie: 0.0,
+        precision: caiman_motion::Precision::F64,
     }
 }
