@@ -394,6 +394,7 @@ impl PatchFit {
             }
             PatchSource::Mmap { path } => {
                 let src = MmapSource::open(path)?;
+                src.advise_random();
                 if src.order() != caiman_io::Order::C {
                     return Err(Error::InvalidParam(format!(
                         "{}: patch tasks need a C-order (pixel-major) memmap",

@@ -186,6 +186,9 @@ impl PixelRows {
             }
             PixelRows::Mmap { path, first, count } => {
                 let src = MmapSource::open(path)?;
+                // Tasks read their own rows (a block, or the scattered pixels of components): map
+                // just those pages.
+                src.advise_random();
                 if src.order() != caiman_io::Order::C {
                     return Err(Error::InvalidParam(format!(
                         "{}: CNMF tasks need a C-order (pixel-major) memmap",

@@ -150,6 +150,13 @@ impl MmapSource {
         Ok(MmapSource { raw, info, order: name.order })
     }
 
+    /// Declares that the map will be read at scattered places (`madvise(MADV_RANDOM)`): reading a
+    /// few pixel rows then maps only their pages, without the kernel's read-ahead and fault-around
+    /// neighbours — what keeps the resident memory of row-gathering tasks to the rows they read.
+    pub fn advise_random(&self) {
+        self.raw.advise_random();
+    }
+
     /// Byte order of the file.
     pub fn order(&self) -> Order {
         self.order

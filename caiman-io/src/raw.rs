@@ -179,6 +179,15 @@ impl RawMovie {
         self.release_read(start, n);
     }
 
+    /// Tells the kernel the map will be read at scattered places (`MADV_RANDOM`): no read-ahead
+    /// and no fault-around, so touching a few bytes maps one page, not its neighbours. No-op for
+    /// bytes held in memory.
+    pub(crate) fn advise_random(&self) {
+        if let Bytes::Mapped(map) = &self.bytes {
+            let _ = map.advise(memmap2::Advice::Random);
+        }
+    }
+
     /// After a read of frames `start .. start + n`: drops the mapped pages it touched from this
     /// process's resident set, so a memory-mapped movie read frame range by frame range holds
     /// no more resident memory than the frames being read (the pages stay in the page cache). For
