@@ -46,6 +46,19 @@ pub(crate) enum CvBorder {
     Constant(f64),
 }
 
+impl CvBorder {
+    /// OpenCV's border for a remap in CaImAn's `border` mode; `lo` is the image minimum and
+    /// `has_nan` whether the image holds NaN (`np.min` propagates NaN).
+    fn for_remap(border: BorderMode, lo: f64, has_nan: bool) -> Self {
+        match border {
+            BorderMode::Copy => CvBorder::Replicate,
+            BorderMode::Nan => CvBorder::Constant(f64::NAN),
+            BorderMode::Min => CvBorder::Constant(if has_nan { f64::NAN } else { lo }),
+            BorderMode::None => CvBorder::Constant(0.0),
+        }
+    }
+}
+
 /// OpenCV `interpolateCubic` in float32 arithmetic.
 fn cubic_coeffs(x: f32) -> [f32; 4] {
     let a = -0.75f32;
@@ -607,13 +620,7 @@ impl CubicWarper {
             return;
         }
         let (lo, _, has_nan) = load_f64(src, offset_in, &mut self.src);
-        let cv_border = match border {
-            BorderMode::Copy => CvBorder::Replicate,
-            BorderMode::Nan => CvBorder::Constant(f64::NAN),
-            // np.min propagates NaN.
-            BorderMode::Min => CvBorder::Constant(if has_nan { f64::NAN } else { lo }),
-            BorderMode::None => CvBorder::Constant(0.0),
-        };
+        let cv_border = CvBorder::for_remap(border, lo, has_nan);
         let tab = cubic_table();
         for y in 0..h {
             let (fy_row, fx_row) = (field_y.row(y), field_x.row(y));
@@ -751,12 +758,7 @@ impl CubicWarper {
             return;
         }
         let (lo, _, has_nan) = load_f32(src, offset_in, &mut self.src32);
-        let cv_border = match border {
-            BorderMode::Copy => CvBorder::Replicate,
-            BorderMode::Nan => CvBorder::Constant(f64::NAN),
-            BorderMode::Min => CvBorder::Constant(if has_nan { f64::NAN } else { f64::from(lo) }),
-            BorderMode::None => CvBorder::Constant(0.0),
-        };
+        let cv_border = CvBorder::for_remap(border, f64::from(lo), has_nan);
         let simd = has_avx_fma();
         let off = offset_out as f32;
         self.tmp32.resize(w, 0.0);
