@@ -188,37 +188,72 @@ fn open_inputs(inputs: &[PathBuf], open: &OpenOptions) -> caiman_io::Result<Box<
 
 /// One pass over a corrected frame `a`: adds its finite values to `sum` and returns its Pearson
 /// correlation with `b` over the pixels finite in both (single-pass sums in `f64`, eight
-/// independent lanes so the loop vectorises).
+/// independent lanes so the loop vectorises; an AVX build of the same loop is picked at run
+/// time, with identical results since lanes are independent).
 fn sum_and_pearson(a: &[f32], b: &[f32], sum: &mut [f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU supports AVX (checked just above).
+        return unsafe { sum_and_pearson_avx(a, b, sum) };
+    }
+    sum_and_pearson_body(a, b, sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn sum_and_pearson_avx(a: &[f32], b: &[f32], sum: &mut [f64]) -> f64 {
+    sum_and_pearson_body(a, b, sum)
+}
+
+#[inline(always)]
+fn sum_and_pearson_body(a: &[f32], b: &[f32], sum: &mut [f64]) -> f64 {
     const L: usize = 8;
-    let (mut n, mut sa, mut sb) = ([0f64; L], [0f64; L], [0f64; L]);
-    let (mut sab, mut saa, mut sbb) = ([0f64; L], [0f64; L], [0f64; L]);
-    let mut step = |k: usize, x: f32, y: f32, s: &mut f64| {
-        let fx = x.is_finite();
-        let ok = fx && y.is_finite();
-        let (x, y) = (f64::from(x), f64::from(y));
-        *s += if fx { x } else { 0.0 };
-        let (x, y, one) = if ok { (x, y, 1.0) } else { (0.0, 0.0, 0.0) };
-        n[k] += one;
-        sa[k] += x;
-        sb[k] += y;
-        sab[k] += x * y;
-        saa[k] += x * x;
-        sbb[k] += y * y;
-    };
+    #[derive(Clone, Copy, Default)]
+    struct Acc {
+        n: [f64; L],
+        sa: [f64; L],
+        sb: [f64; L],
+        sab: [f64; L],
+        saa: [f64; L],
+        sbb: [f64; L],
+    }
+    // Branch-free: finiteness by comparison (false for NaN), values selected, not skipped.
+    #[inline(always)]
+    fn lanes(acc: &mut Acc, xa: &[f32; L], xb: &[f32; L], xs: &mut [f64; L]) {
+        for k in 0..L {
+            let (x, y) = (xa[k], xb[k]);
+            let fx = x.abs() < f32::INFINITY;
+            let ok = fx & (y.abs() < f32::INFINITY);
+            let (x, y) = (f64::from(x), f64::from(y));
+            xs[k] += if fx { x } else { 0.0 };
+            let (x, y, one) = if ok { (x, y, 1.0) } else { (0.0, 0.0, 0.0) };
+            acc.n[k] += one;
+            acc.sa[k] += x;
+            acc.sb[k] += y;
+            acc.sab[k] += x * y;
+            acc.saa[k] += x * x;
+            acc.sbb[k] += y * y;
+        }
+    }
+    let mut acc = Acc::default();
     let (ca, cb, cs) = (a.chunks_exact(L), b.chunks_exact(L), sum.chunks_exact_mut(L));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     let tail = a.len() - ra.len();
     for ((xa, xb), xs) in ca.zip(cb).zip(cs) {
-        for k in 0..L {
-            step(k, xa[k], xb[k], &mut xs[k]);
-        }
+        let xa: &[f32; L] = xa.try_into().expect("chunk of L");
+        let xb: &[f32; L] = xb.try_into().expect("chunk of L");
+        let xs: &mut [f64; L] = xs.try_into().expect("chunk of L");
+        lanes(&mut acc, xa, xb, xs);
     }
+    // The remainder goes to lane 0, after the chunks (as the lanes' own order).
     for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-        step(0, x, y, &mut sum[tail + i]);
+        let (mut xa, mut xb, mut xs) = ([f32::NAN; L], [f32::NAN; L], [0f64; L]);
+        (xa[0], xb[0], xs[0]) = (x, y, sum[tail + i]);
+        lanes(&mut acc, &xa, &xb, &mut xs);
+        sum[tail + i] = xs[0];
     }
     let t = |v: [f64; L]| v.iter().sum::<f64>();
-    let (n, sa, sb, sab, saa, sbb) = (t(n), t(sa), t(sb), t(sab), t(saa), t(sbb));
+    let (n, sa, sb, sab, saa, sbb) = (t(acc.n), t(acc.sa), t(acc.sb), t(acc.sab), t(acc.saa), t(acc.sbb));
     if n < 2.0 {
         return f64::NAN;
     }

@@ -1,7 +1,11 @@
-//! Image kernels OnACID runs on every frame, on planar images stored in Fortran pixel order
+//! Whole-image kernels of OnACID, on planar images stored in Fortran pixel order
 //! (`p = i + d1·j`, each column of `d1` pixels contiguous): separable Gaussian and box filters
 //! with OpenCV's kernels and border modes, the square maximum filter and `peak_local_max`, and
 //! OpenCV-style resizing (`INTER_AREA` down, `INTER_LINEAR` up).
+//!
+//! The per-frame detection work runs in `detect.rs` (fused strip passes); the Gaussian here blurs
+//! the initial buffers and the windows around new components, and the box filter, maximum filter
+//! and `peak_local_max` are the whole-image references those passes are tested against.
 //!
 //! Every filter writes into caller buffers and keeps its scratch, so nothing is allocated per
 //! frame. Arithmetic is `f32` (OpenCV filters `float32` images in `float32`); the inner loops run
@@ -21,7 +25,9 @@ pub(crate) fn gaussian_kernel(n: usize, sigma: f64) -> Vec<f32> {
 pub(crate) enum Border {
     /// Zero outside (OpenCV `BORDER_CONSTANT`).
     Zero,
-    /// Nearest edge pixel (OpenCV `BORDER_REPLICATE`, scipy `mode='nearest'`).
+    /// Nearest edge pixel (OpenCV `BORDER_REPLICATE`, scipy `mode='nearest'`); the detection
+    /// passes implement it themselves, this is their reference in tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     Replicate,
 }
 
@@ -68,7 +74,9 @@ impl Separable {
         Self::new(d1, d2, gaussian_kernel(siz[1], sig[1]), gaussian_kernel(siz[0], sig[0]), border)
     }
 
-    /// OpenCV `boxFilter(img, -1, ksize=(siz[0], siz[1]))` (normalised: the window mean).
+    /// OpenCV `boxFilter(img, -1, ksize=(siz[0], siz[1]))` (normalised: the window mean); the
+    /// reference for the detection passes' box filter (tests).
+    #[cfg(test)]
     pub(crate) fn boxcar(d1: usize, d2: usize, siz: [usize; 2], border: Border) -> Self {
         let k0 = vec![1.0 / siz[1] as f32; siz[1]];
         let k1 = vec![1.0 / siz[0] as f32; siz[0]];
@@ -186,7 +194,9 @@ impl Separable {
 }
 
 /// Square maximum filter of half-width `r` (window `2r+1`) with a constant-0 border (scipy
-/// `maximum_filter(mode='constant')`), Fortran order.
+/// `maximum_filter(mode='constant')`), Fortran order; the reference for the detection passes
+/// (tests).
+#[cfg(test)]
 #[derive(Clone, Debug)]
 pub(crate) struct MaxFilter {
     d1: usize,
@@ -196,6 +206,7 @@ pub(crate) struct MaxFilter {
     tmp: Vec<f32>,
 }
 
+#[cfg(test)]
 impl MaxFilter {
     pub(crate) fn new(d1: usize, d2: usize, r: usize) -> Self {
         MaxFilter { d1, d2, r, pad: vec![0.0; d1 + 2 * r], tmp: vec![0.0; d1 * d2] }
@@ -231,6 +242,7 @@ impl MaxFilter {
 /// given the maximum-filtered image `maxed`: pixels equal to their neighbourhood maximum and
 /// strictly above `threshold`, by decreasing value (ties by pixel index), at most `num_peaks`.
 /// Returns `(row, col)` pairs.
+#[cfg(test)]
 pub(crate) fn peak_local_max(
     img: &[f32],
     maxed: &[f32],

@@ -20,10 +20,12 @@ use caiman_cnmf::params::CnmfParams;
 use caiman_cnmf::sparse::CscMatrix;
 use caiman_cnmf::stats::percentile_filter;
 use caiman_io::Dims;
+use caiman_parallel::Par;
 use ndarray::{Array2, ArrayView2};
 
+use crate::detect::{Detector, ResidualInput, ResidualState, all_finite, strip_dot, strip_scale_add};
 use crate::error::{Error, Result};
-use crate::filters::{Border, MaxFilter, Separable, peak_local_max};
+use crate::filters::{Border, Separable};
 use crate::ring::Ring;
 
 /// One column of `Ab`: support, values and the matching entries of `CY`.
@@ -35,14 +37,10 @@ pub(crate) struct Comp {
 }
 
 impl Comp {
-    /// `Σ_p val[p]·y[idx[p]]` (f64); a full-support column (background) runs as a dense,
-    /// vectorised dot product.
+    /// `Σ_p val[p]·y[idx[p]]` (f64) over the support (full-support columns go through
+    /// `detect::strip_dot`).
     fn dot(&self, y: &[f32]) -> f64 {
-        if self.idx.len() == y.len() {
-            dense_dot(&self.val, y)
-        } else {
-            self.idx.iter().zip(&self.val).map(|(&p, &v)| f64::from(v) * f64::from(y[p as usize])).sum()
-        }
+        self.idx.iter().zip(&self.val).map(|(&p, &v)| f64::from(v) * f64::from(y[p as usize])).sum()
     }
 
     /// `out[idx] += c·val`.
@@ -55,19 +53,6 @@ impl Comp {
             }
         }
     }
-}
-
-/// Dot product of two f32 slices accumulated in f64 over 8 lanes (so that it vectorises).
-fn dense_dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += f64::from(x[k]) * f64::from(y[k]);
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Per-stage wall time of the online loop (seconds, summed over frames).
@@ -140,6 +125,10 @@ pub struct OnAcid {
     gsiz: [usize; 2],
     /// Per-frame scratch.
     scr: Scratch,
+    /// The dense per-frame passes (residual, buffers, score image, peaks).
+    det: Detector,
+    /// Inner parallelism of the per-frame passes.
+    par: Par,
     pub(crate) times: StageTimes,
 }
 
@@ -153,12 +142,8 @@ struct Scratch {
     pos: Vec<f32>,
     rho: Vec<f32>,
     blur: Separable,
-    score_g: Separable,
-    score_b: Separable,
-    maxf: MaxFilter,
-    img: Vec<f32>,
-    img2: Vec<f32>,
-    img3: Vec<f32>,
+    /// `C_on[:, t]` as f32, for the residual.
+    cvals: Vec<f32>,
     peaks: Vec<(usize, usize)>,
     pool: Vec<f64>,
     dense: Vec<f32>,
@@ -173,6 +158,18 @@ struct Candidate {
     ain: Vec<f64>,
     cin: Vec<f64>,
     cin_res: Vec<f64>,
+}
+
+/// numpy's `median` of a non-empty slice (the mean of the two middle values for an even
+/// count; reorders `v`).
+fn median_f32(v: &mut [f32]) -> f32 {
+    let n = v.len();
+    let (_, &mut hi, _) = v.select_nth_unstable_by(n / 2, f32::total_cmp);
+    if n % 2 == 1 {
+        return hi;
+    }
+    let lo = v[..n / 2].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    ((f64::from(lo) + f64::from(hi)) / 2.0) as f32
 }
 
 /// `2^linspace(0, 1, n)` (CaImAn's initial `update_counter`).
@@ -469,12 +466,7 @@ impl OnAcid {
             pos: vec![0.0; d],
             rho: vec![0.0; d],
             blur: Separable::gaussian(d1, d2, gsig, gsiz, Border::Zero),
-            score_g: Separable::gaussian(d1, d2, gsig, ksize, Border::Replicate),
-            score_b: Separable::boxcar(d1, d2, ksize, Border::Replicate),
-            maxf: MaxFilter::new(d1, d2, gsig[0].max(gsig[1]) as usize),
-            img: vec![0.0; d],
-            img2: vec![0.0; d],
-            img3: vec![0.0; d],
+            cvals: Vec::with_capacity(expected_comps + nb),
             peaks: Vec::new(),
             pool: Vec::new(),
             dense: vec![0.0; d],
@@ -511,6 +503,8 @@ impl OnAcid {
             gsig,
             gsiz,
             scr,
+            det: Detector::new(d1, d2, gsig, gsiz, ksize, gsig[0].max(gsig[1]) as usize),
+            par: Par::Seq,
             times: StageTimes::default(),
         };
         s.params.online.expected_comps = expected_comps;
@@ -579,6 +573,17 @@ impl OnAcid {
         &self.times
     }
 
+    /// The inner parallelism of the per-frame passes (default `Par::Seq`).
+    pub fn par(&self) -> Par {
+        self.par
+    }
+
+    /// Sets the inner parallelism of the per-frame passes (residual, buffers, score image,
+    /// peaks: split into strips of columns). Results do not depend on it.
+    pub fn set_par(&mut self, par: Par) {
+        self.par = par;
+    }
+
     /// Whether new components are searched for at the next frame.
     pub fn detecting(&self) -> bool {
         self.detect
@@ -600,13 +605,35 @@ impl OnAcid {
         rows_to_array(&self.c_on, 0, self.t)
     }
 
-    /// The denoised frame `Ab·C_on[:, t−1]` (Fortran order, working dims, normalised units): the
-    /// template of online motion correction.
+    /// The denoised frame `Ab·C_on[:, t−1]` (Fortran order, working dims, normalised units). (The
+    /// template of online motion correction uses the median of the 50 frames before, as CaImAn.)
     pub fn model_frame(&self, out: &mut [f32]) {
         out.fill(0.0);
         let t = self.t - 1;
         for (j, col) in self.cols.iter().enumerate() {
             let c = self.c_on[j][t];
+            if c != 0.0 {
+                col.axpy(c, out);
+            }
+        }
+    }
+
+    /// The template of online motion correction (CaImAn's `mc_next`): `Ab · median(C_on[:, t−51 ..
+    /// t−1])` (the 50 frames before the last one; the last frame alone when fewer), Fortran order,
+    /// working dims, normalised units. `vals` is scratch.
+    pub(crate) fn motion_template(&self, out: &mut [f32], vals: &mut Vec<f32>) {
+        out.fill(0.0);
+        let t = self.t;
+        let (lo, hi) = (t.saturating_sub(51), t.saturating_sub(1));
+        for (j, col) in self.cols.iter().enumerate() {
+            let row = &self.c_on[j];
+            let c = if hi > lo {
+                vals.clear();
+                vals.extend_from_slice(&row[lo..hi]);
+                median_f32(vals)
+            } else {
+                row[t - 1]
+            };
             if c != 0.0 {
                 col.axpy(c, out);
             }
@@ -711,7 +738,7 @@ impl OnAcid {
         if y.len() != d {
             return Err(Error::ShapeMismatch { what: "frame (pixels)", expected: vec![d], got: vec![y.len()] });
         }
-        if y.iter().any(|v| !v.is_finite()) {
+        if !all_finite(y) {
             return Err(Error::NonFinite { source_name: "frame".into(), frame: self.t });
         }
         let t = self.t;
@@ -723,26 +750,31 @@ impl OnAcid {
         let t1 = std::time::Instant::now();
         self.times.demix += (t1 - clock).as_secs_f64();
 
-        // Residual and its running mean/variance.
-        let mut res = std::mem::take(&mut self.scr.res);
-        res.copy_from_slice(y);
-        for (j, col) in self.cols.iter().enumerate() {
-            let c = self.c_on[j][t];
-            if c != 0.0 {
-                col.axpy(-c, &mut res);
-            }
+        // Residual and its running mean/variance; with detection, the residual buffers too
+        // (mean_buff += (r − oldest)/mbs, Yres_buf.append(r)).
+        let detect = self.detect;
+        self.scr.cvals.clear();
+        self.scr.cvals.extend(self.c_on.iter().map(|r| r[t]));
+        let inp = ResidualInput {
+            y,
+            comps: &self.cols,
+            c: &self.scr.cvals,
+            w_old: (t as f64 - 1.0) / t as f64,
+            w_new: 1.0 / t as f64,
+            mbs: self.yres_buf.len() as f64,
+        };
+        let st = ResidualState {
+            res: &mut self.scr.res,
+            mn: &mut self.mn,
+            vr: &mut self.vr,
+            mean: if detect { &mut self.mean_buff } else { &mut [] },
+            yres: if detect { self.yres_buf.oldest_mut() } else { &mut [] },
+        };
+        self.det.residual(self.par, &inp, st, detect);
+        if detect {
+            self.yres_buf.advance();
+            report.added = self.update_num_components()?;
         }
-        let (w_old, w_new) = ((t as f64 - 1.0) / t as f64, 1.0 / t as f64);
-        for ((mn, vr), &r) in self.mn.iter_mut().zip(self.vr.iter_mut()).zip(&res) {
-            let r = f64::from(r);
-            let old = *mn;
-            *mn = w_old * old + w_new * r;
-            *vr = w_old * *vr + w_new * (r - old) * (r - *mn);
-        }
-        if self.detect {
-            report.added = self.update_num_components(&res)?;
-        }
-        self.scr.res = res;
         let t2 = std::time::Instant::now();
         self.times.detect += (t2 - t1).as_secs_f64();
 
@@ -768,8 +800,9 @@ impl OnAcid {
         let t = self.t;
         let Scratch { aty, c, c_old, noisy, .. } = &mut self.scr;
         aty.clear();
+        let d1 = self.dims.d1;
         for col in &self.cols {
-            aty.push(col.dot(y));
+            aty.push(if col.idx.len() == y.len() { strip_dot(self.par, &col.val, y, d1) } else { col.dot(y) });
         }
         c.clear();
         c.extend(self.noisy_c.iter().map(|r| f64::from(r[t - 1])));
@@ -854,10 +887,11 @@ impl OnAcid {
             let y = self.yr_buf.back(lag);
             let w = 1.0 - 1.0 / t as f64;
             let tf = t as f64;
+            let (par, d1) = (self.par, self.dims.d1);
             for (j, col) in self.cols.iter_mut().enumerate() {
                 let c = f64::from(self.c_on[j][tau]) / tf;
                 if col.idx.len() == y.len() {
-                    col.cy.iter_mut().zip(y).for_each(|(cy, &v)| *cy = *cy * w + c * f64::from(v));
+                    strip_scale_add(par, &mut col.cy, y, w, c, d1);
                 } else {
                     for (cy, &p) in col.cy.iter_mut().zip(&col.idx) {
                         *cy = *cy * w + c * f64::from(y[p as usize]);
@@ -981,21 +1015,22 @@ impl OnAcid {
     // -------------------------------------------------------------------------------------
 
     /// CaImAn's `update_num_components` (with the buffer updates of `fit_next` before it).
-    fn update_num_components(&mut self, res: &[f32]) -> Result<usize> {
+    fn update_num_components(&mut self) -> Result<usize> {
         let t = self.t;
-        let mbs = self.yres_buf.len() as f64;
-        // mean_buff += (r − oldest)/mbs; Yres_buf.append(r); sv −= rho(new oldest) − rho(r).
-        for ((m, &r), &o) in self.mean_buff.iter_mut().zip(res).zip(self.yres_buf.oldest()) {
-            *m += ((f64::from(r) - f64::from(o)) / mbs) as f32;
-        }
-        self.yres_buf.push(res);
+        // rho_buf.append(rho(r)); sv += rho(r) − rho(new oldest); the score image and its peaks.
         {
-            let Scratch { blur, pos, rho, .. } = &mut self.scr;
-            rho_of(blur, res, pos, rho);
-            self.rho_buf.push(rho);
-            for ((s, &a), &b) in self.sv.iter_mut().zip(rho.iter()).zip(self.rho_buf.oldest()) {
-                *s = (*s + f64::from(a) - f64::from(b)).max(0.0);
-            }
+            let on = &self.params.online;
+            let (rho_new, rho_next) = self.rho_buf.slot_and_next();
+            self.det.score_and_peaks(
+                self.par,
+                rho_new,
+                rho_next,
+                &mut self.sv,
+                on.use_peak_max,
+                on.min_num_trial,
+                &mut self.scr.peaks,
+            );
+            self.rho_buf.advance();
         }
         let cands = self.get_candidate_components()?;
         if cands.is_empty() {
@@ -1023,8 +1058,16 @@ impl OnAcid {
             let mut overlaps = vec![0f64; m_all];
             for (j, col) in self.cols.iter().enumerate() {
                 let mut acc = 0f64;
-                for (&p_, &v) in col.idx.iter().zip(&col.val) {
-                    acc += f64::from(v) * f64::from(dense[p_ as usize]);
+                if col.idx.len() == dense.len() {
+                    // Full support: only the window's pixels are non-zero in `dense` (the same
+                    // sum: the other terms are exact zeros).
+                    for &p_ in &cand.idx {
+                        acc += f64::from(col.val[p_ as usize]) * f64::from(dense[p_ as usize]);
+                    }
+                } else {
+                    for (&p_, &v) in col.idx.iter().zip(&col.val) {
+                        acc += f64::from(v) * f64::from(dense[p_ as usize]);
+                    }
                 }
                 overlaps[j] = acc;
             }
@@ -1222,27 +1265,23 @@ impl OnAcid {
     fn get_candidate_components(&mut self) -> Result<Vec<Candidate>> {
         let on = &self.params.online;
         let (d1, d2) = (self.dims.d1, self.dims.d2);
-        let ntrial = on.min_num_trial;
         let rval_thr = on.rval_thr;
-        let Scratch { img, img2, img3, score_g, score_b, maxf, peaks, .. } = &mut self.scr;
-        img.iter_mut().zip(&self.sv).for_each(|(o, &v)| *o = v as f32);
-        if on.use_peak_max {
-            score_g.apply(img, img2);
-            score_b.apply(img, img3);
-            img2.iter_mut().zip(img3.iter()).for_each(|(a, &b)| *a -= b);
-            maxf.apply(img2, img3);
-            peak_local_max(img2, img3, d1, 0.0, ntrial, peaks);
-        } else {
+        let peaks = &mut self.scr.peaks;
+        // With use_peak_max the peaks were found by the detection passes.
+        if !on.use_peak_max {
             // \[Q\] fixed: CaImAn repeats the arg-max `min_num_trial` times (same pixel); once here.
             peaks.clear();
-            if let Some((p, _)) = img.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
+            if let Some((p, _)) = self.sv.iter().map(|&v| v as f32).enumerate().max_by(|a, b| a.1.total_cmp(&b.1)) {
                 peaks.push((p % d1, p / d1));
             }
         }
         let [gh0, gh1] = self.gsiz.map(|g| g / 2);
         let nbuf = self.yres_buf.len();
-        let mut out = Vec::new();
-        for &(i, j) in peaks.iter() {
+        // The candidates are independent: evaluated side by side, kept in peak order.
+        let (yres_buf, mean_buff) = (&self.yres_buf, &self.mean_buff);
+        let peaks = &self.scr.peaks;
+        let found = self.par.map_indices(peaks.len(), |q| {
+            let (i, j) = peaks[q];
             let i = i.max(gh0).min(d1 - gh0 - 1);
             let j = j.max(gh1).min(d2 - gh1 - 1);
             let rows = (i.saturating_sub(gh0), (i + gh0 + 1).min(d1));
@@ -1253,17 +1292,17 @@ impl OnAcid {
                     idx.push((ii + d1 * jj) as u32);
                 }
             }
-            let mut ain: Vec<f64> = idx.iter().map(|&p| f64::from(self.mean_buff[p as usize]).max(0.0)).collect();
+            let mut ain: Vec<f64> = idx.iter().map(|&p| f64::from(mean_buff[p as usize]).max(0.0)).collect();
             let na: f64 = ain.iter().map(|v| v * v).sum();
             if na <= 0.0 {
-                continue;
+                return None;
             }
             ain.iter_mut().for_each(|v| *v /= na.sqrt());
             let npx = idx.len();
             let mut ypx = vec![0f64; npx * nbuf];
             let mut mean = vec![0f64; npx];
             for k in 0..nbuf {
-                let fr = self.yres_buf.chrono(k);
+                let fr = yres_buf.chrono(k);
                 for (s, &p) in idx.iter().enumerate() {
                     let v = f64::from(fr[p as usize]);
                     ypx[k * npx + s] = v;
@@ -1273,10 +1312,9 @@ impl OnAcid {
             mean.iter_mut().for_each(|v| *v /= nbuf as f64);
             let (a, c, c_res) = rank1nmf(&ypx, npx, &ain, 10);
             let rval = corr(&a, &mean);
-            if rval > rval_thr {
-                out.push(Candidate { idx, rows, cols, ain: a, cin: c, cin_res: c_res });
-            }
-        }
+            (rval > rval_thr).then_some(Candidate { idx, rows, cols, ain: a, cin: c, cin_res: c_res })
+        });
+        let out: Vec<Candidate> = found.into_iter().flatten().collect();
         Ok(out)
     }
 
@@ -1398,5 +1436,7 @@ mod tests {
             assert_eq!(c[k], c_res[k].max(0.0));
         }
         assert!((corr(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
+        assert_eq!(median_f32(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_f32(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

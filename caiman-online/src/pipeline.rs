@@ -35,6 +35,8 @@ pub(crate) struct FrameStage {
     img_norm: Vec<f32>,
     work: Vec<f32>,
     template: Vec<f32>,
+    /// Scratch of the template's medians.
+    vals: Vec<f32>,
 }
 
 impl FrameStage {
@@ -55,14 +57,15 @@ impl FrameStage {
             img_norm: model.img_norm.clone(),
             work: vec![0.0; d],
             template: vec![0.0; d],
+            vals: Vec::with_capacity(50),
         })
     }
 
-    /// Takes the model's current denoised frame as the motion template (`Ab·C_on[:, t−1]`,
-    /// times `img_norm` when normalising).
+    /// Takes the model's motion template (`Ab·median(C_on[:, t−51..t−1])`, times `img_norm` when
+    /// normalising).
     fn set_template(&mut self, model: &OnAcid) {
         if self.motion.is_some() {
-            model.model_frame(&mut self.template);
+            model.motion_template(&mut self.template, &mut self.vals);
             if self.normalize {
                 self.template.iter_mut().zip(&self.img_norm).for_each(|(t, &n)| *t *= n);
             }
@@ -78,7 +81,7 @@ impl FrameStage {
                 got: vec![frame.len()],
             });
         }
-        if frame.iter().any(|v| !v.is_finite()) {
+        if !crate::detect::all_finite(frame) {
             return Err(Error::NonFinite { source_name: name.to_owned(), frame: index });
         }
         self.prep.prepare(frame, &mut self.work);
@@ -266,7 +269,10 @@ fn epoch_plan(sources: &[Box<dyn FrameSource>], first_epoch: bool, init_batch: u
 /// initial batch; `stop_detection` turns the search for new components off in the last epoch)
 /// through the per-frame path. `progress` is called after every block of frames.
 ///
-/// All sources must have the first one's frame size.
+/// All sources must have the first one's frame size. The per-frame passes use the executor's
+/// inner threads (`exec.inner_threads().per_task`, see [`OnAcid::set_par`]; results do not
+/// depend on them); in the pipelined mode the two stages occupy two threads and the passes run
+/// inline in the demixing thread.
 ///
 /// # Errors
 /// [`Error::InvalidParam`] without sources, for sources of another frame size, `epochs = 0`,
@@ -313,6 +319,7 @@ pub fn fit_online<E: Executor>(
         .map_err(|e| Error::InvalidParam(format!("initial batch: {e}")))?;
     let mut pipe = OnlinePipeline::initialize(params, frames.view(), opts.masks.as_ref(), exec)?;
     drop(frames);
+    pipe.model.set_par(Par::new(exec.inner_threads().per_task));
     let seconds_init = clock.elapsed().as_secs_f64();
     let components_init = pipe.model.n_components();
     let per_epoch: usize = sources.iter().map(|s| s.frames()).sum();

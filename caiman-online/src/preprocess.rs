@@ -5,7 +5,6 @@
 
 use caiman_cnmf::sparse::CscMatrix;
 use caiman_io::Dims;
-use caiman_motion::fft::{Fft2d, Spectrum};
 use caiman_motion::shift::CubicWarper;
 use caiman_motion::{BorderMode, CorrectionOptions, FrameCorrector, MotionParams, Registrar, SearchWindow};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
@@ -108,9 +107,13 @@ pub(crate) fn upsample_footprints(
 pub(crate) struct OnlineMotion {
     dims: [usize; 2],
     max_shift: usize,
-    reg: Registrar,
-    fft: Fft2d,
-    spec: Spectrum,
+    reg: Registrar<f32>,
+    /// Tukey taper along axis 0 and axis 1 (see [`OnlineMotion::correct`]).
+    taper0: Vec<f32>,
+    taper1: Vec<f32>,
+    /// The tapered frame and template.
+    fw: Vec<f32>,
+    tw: Vec<f32>,
     warper: CubicWarper,
     piecewise: Option<CorrectionOptions>,
 }
@@ -149,9 +152,11 @@ impl OnlineMotion {
         Ok(OnlineMotion {
             dims: shape,
             max_shift,
-            reg: Registrar::new(shape, 10),
-            fft: Fft2d::new(shape),
-            spec: Spectrum::zeros(shape),
+            reg: Registrar::new([dims.d2, dims.d1], 10),
+            taper0: tukey(dims.d1, max_shift + 2),
+            taper1: tukey(dims.d2, max_shift + 2),
+            fw: vec![0.0; dims.pixels()],
+            tw: vec![0.0; dims.pixels()],
             warper: CubicWarper::new(),
             piecewise,
         })
@@ -166,18 +171,66 @@ impl OnlineMotion {
             out.copy_from_slice(frame);
             return Ok([0.0, 0.0]);
         }
-        let (fv, tv) = (fview(frame, self.dims), fview(template, self.dims));
         if let Some(opts) = &self.piecewise {
+            let (fv, tv) = (fview(frame, self.dims), fview(template, self.dims));
             let mut fc = FrameCorrector::new(tv, opts)?;
             let sh = fc.correct(fv, fview_mut(out, self.dims))?;
             return Ok(sh.rigid);
         }
-        self.fft.forward(tv, 0.0, &mut self.spec);
+        // The f32 fast path of caiman-motion (means removed in f64 before single-precision
+        // transforms; the same decisions as f64 up to near ties), on the transposed image: the
+        // Fortran-order buffer read as a C-order `d2 × d1` array is contiguous by rows, which
+        // the row transforms and the separable warp want; axes are swapped back after.
+        //
+        // Both images are registered after removing their means and tapering the borders to zero
+        // (a Tukey window over `max_shift + 2` px): the circular cross-correlation of untapered
+        // frames is pulled towards zero shift by the wrap-around edges, which single frames of
+        // a scene with a strong smooth background (the model template includes `b·f`) show as
+        // shifts shrunk by up to half on one axis. CaImAn's `matchTemplate` has no wrap-around.
+        let [d1, d2] = self.dims;
+        taper(frame, &self.taper0, &self.taper1, &mut self.fw);
+        taper(template, &self.taper0, &self.taper1, &mut self.tw);
+        let tt = ArrayView2::from_shape((d2, d1), &self.tw[..]).expect("buffer of d1·d2 values");
+        let spec = self.reg.spectrum(tt, 0.0);
+        let ft = ArrayView2::from_shape((d2, d1), &self.fw[..]).expect("buffer of d1·d2 values");
         let m = self.max_shift;
-        let r = self.reg.register(fv, 0.0, &self.spec, &SearchWindow::MaxShifts([m, m]))?;
-        let shift = [-r.shift[0], -r.shift[1]];
-        self.warper.translate(fv, 0.0, shift, BorderMode::None, fview_mut(out, self.dims));
-        Ok(shift)
+        let r = self.reg.register(ft, 0.0, &spec, &SearchWindow::MaxShifts([m, m]))?;
+        let shift_t = [-r.shift[0], -r.shift[1]];
+        let ft = ArrayView2::from_shape((d2, d1), frame).expect("buffer of d1·d2 values");
+        let ot = ArrayViewMut2::from_shape((d2, d1), out).expect("buffer of d1·d2 values");
+        self.warper.translate_fast(ft, 0.0, shift_t, BorderMode::None, ot);
+        Ok([shift_t[1], shift_t[0]])
+    }
+}
+
+/// A Tukey window of `n` samples: 1 inside, a raised cosine over `edge` samples at each end
+/// (`edge` at most `n / 4`).
+fn tukey(n: usize, edge: usize) -> Vec<f32> {
+    let e = edge.min(n / 4).max(1) as f64;
+    (0..n)
+        .map(|x| {
+            let d = x.min(n - 1 - x) as f64;
+            if d >= e { 1.0 } else { (0.5 - 0.5 * (std::f64::consts::PI * (d + 0.5) / e).cos()) as f32 }
+        })
+        .collect()
+}
+
+/// `out = (img − mean(img))·w0[i]·w1[j]` (Fortran order; the mean in f64).
+fn taper(img: &[f32], w0: &[f32], w1: &[f32], out: &mut [f32]) {
+    let d1 = w0.len();
+    let mut acc = [0f64; 8];
+    let chunks = img.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += f64::from(c[k]);
+        }
+    }
+    let mean = ((acc.iter().sum::<f64>() + tail) / img.len().max(1) as f64) as f32;
+    for ((col, o), &b) in img.chunks_exact(d1).zip(out.chunks_exact_mut(d1)).zip(w1) {
+        for ((o, &v), &a) in o.iter_mut().zip(col).zip(w0) {
+            *o = (v - mean) * (a * b);
+        }
     }
 }
 

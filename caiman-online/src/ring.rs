@@ -29,6 +29,33 @@ impl Ring {
         self.cur = (self.cur + 1) % self.n;
     }
 
+    /// The slot the next push overwrites (holding the oldest frame), to be filled in place and
+    /// then committed with [`Ring::advance`].
+    pub(crate) fn oldest_mut(&mut self) -> &mut [f32] {
+        let d = self.d;
+        &mut self.data[self.cur * d..(self.cur + 1) * d]
+    }
+
+    /// The slot the next push overwrites (mutable) and the frame that will be the oldest after
+    /// it (`n ≥ 2`).
+    pub(crate) fn slot_and_next(&mut self) -> (&mut [f32], &[f32]) {
+        let d = self.d;
+        let (cur, next) = (self.cur, (self.cur + 1) % self.n);
+        if next > cur {
+            let (a, b) = self.data.split_at_mut(next * d);
+            (&mut a[cur * d..], &b[..d])
+        } else {
+            let (a, b) = self.data.split_at_mut(cur * d);
+            (&mut b[..d], &a[next * d..(next + 1) * d])
+        }
+    }
+
+    /// Commits the slot filled through [`Ring::oldest_mut`] or [`Ring::slot_and_next`] as the
+    /// newest frame.
+    pub(crate) fn advance(&mut self) {
+        self.cur = (self.cur + 1) % self.n;
+    }
+
     /// The `i`-th frame in time order (`0` = oldest, `len − 1` = newest).
     pub(crate) fn chrono(&self, i: usize) -> &[f32] {
         let s = (self.cur + i) % self.n;
@@ -47,6 +74,7 @@ impl Ring {
     }
 
     /// The oldest frame (CaImAn `get_first`).
+    #[cfg(test)]
     pub(crate) fn oldest(&self) -> &[f32] {
         self.chrono(0)
     }
@@ -71,5 +99,16 @@ mod tests {
         assert_eq!(order, vec![4., 5., 6.]);
         r.chrono_mut(0)[1] = 9.;
         assert_eq!(r.oldest(), &[4., 9.]);
+        for _ in 0..3 {
+            let (slot, next) = r.slot_and_next();
+            let (old, nx) = (slot[0], next[0]);
+            slot.copy_from_slice(&[old + 3.0, old + 3.0]);
+            r.advance();
+            assert_eq!(r.oldest()[0], nx);
+            assert_eq!(r.back(0)[0], old + 3.0);
+        }
+        r.oldest_mut().fill(1.0);
+        r.advance();
+        assert_eq!(r.back(0), &[1., 1.]);
     }
 }

@@ -8,7 +8,8 @@
 //! `nf_match_neurons_in_binary_masks` with cost 0.7 and 10 px), and the median correlation of the
 //! matched traces with the true traces ≥ CaImAn's. Ground truth: the 33 neurons centred in the
 //! field of view. Also: feeding the frames one by one through `OnlinePipeline` gives exactly
-//! `fit_online`'s result, and the pipelined mode gives exactly the sequential one.
+//! `fit_online`'s result, and the pipelined mode and two inner threads give exactly the
+//! sequential one.
 //!
 //! Skipped with a message when the reference files are absent.
 #![allow(clippy::print_stderr)]
@@ -158,6 +159,13 @@ fn onacid_finds_ground_truth_at_least_as_well_as_caiman() {
     // frames of CaImAn's), so the traces differ through detection timing (one neuron found 130
     // frames later than by CaImAn, two others 380 and 440 frames earlier) and one extra, late true
     // positive (correlation 0.77), not through the trace model; the criterion is met within 0.01.
+    // Like with like (the 24 ground-truth neurons both find, CaImAn's traces are zero before
+    // detection too): median 0.9682 against 0.9715, mean 0.936 against 0.921; after each
+    // neuron's detection frame, median 0.9899 against 0.9908. The noisy traces (`C + YrA`)
+    // correlate as well as CaImAn's neuron by neuron (e.g. 0.942/0.960 for the late one, else
+    // within ±0.02 except where a detection time differs), so the gap is the detection time of
+    // one neuron near the bottom edge: its rank-1 candidate's space correlation hovers at
+    // 0.80–0.84 for frames 370–500 here, while CaImAn's crossed `rval_thr` = 0.85 at frame 372.
     assert!(med_us >= med_cm - 0.01, "median TP trace correlation: ours {med_us:.4} < CaImAn's {med_cm:.4} − 0.01");
     // Internal consistency: YrA = noisyC − C, traces of the right length, time_neuron_added.
     let noisy = out.model.noisy_c();
@@ -189,12 +197,19 @@ fn frame_by_frame_api_and_pipelined_mode_equal_fit_online() {
     caiman_io::save(&short, &mov, &caiman_io::WriteOptions::default()).unwrap();
     params.online.update_freq = 100;
     let mut srcs = vec![open(&short, &OpenOptions::default()).unwrap()];
-    let seq = fit_online(&mut srcs, &params, &Linear::new(), &FitOnlineOptions::default(), &mut |_| {}).unwrap();
+    let one_thread = Linear::with_inner_threads(Some(1));
+    let seq = fit_online(&mut srcs, &params, &one_thread, &FitOnlineOptions::default(), &mut |_| {}).unwrap();
+    assert!(seq.model.par().is_seq());
     let mut srcs = vec![open(&short, &OpenOptions::default()).unwrap()];
     let opts = FitOnlineOptions { pipelined: true, block: 7, ..FitOnlineOptions::default() };
     let mut calls = 0;
     let pip = fit_online(&mut srcs, &params, &Linear::new(), &opts, &mut |_| calls += 1).unwrap();
     assert!(calls > 0);
+    // Two inner threads for the per-frame passes (strips of columns on two threads).
+    let mut srcs = vec![open(&short, &OpenOptions::default()).unwrap()];
+    let two_threads = Linear::with_inner_threads(Some(2));
+    let two = fit_online(&mut srcs, &params, &two_threads, &FitOnlineOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(two.model.par(), caiman_parallel::Par::new(2));
     // Frame by frame through the public API.
     let d = dims.pixels();
     let batch = Array3::from_shape_vec((200, dims.d1, dims.d2), buf[..200 * d].to_vec()).unwrap();
@@ -210,7 +225,7 @@ fn frame_by_frame_api_and_pipelined_mode_equal_fit_online() {
         one.n_components()
     );
     assert!(seq.estimates.n_components() > 10, "components were added online");
-    for other in [&pip.estimates, &one] {
+    for other in [&pip.estimates, &one, &two.estimates] {
         assert_eq!(other.a, seq.estimates.a);
         assert_eq!(other.c, seq.estimates.c);
         assert_eq!(other.b, seq.estimates.b);
