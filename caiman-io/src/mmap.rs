@@ -257,15 +257,23 @@ pub struct MmapRegionWriter {
     bytes: Vec<u8>,
     /// A second handle opened with `O_DIRECT` for frame-major writes: whole pages go straight
     /// to the device instead of through the page cache (which costs about a second of kernel
-    /// CPU per GB on this class of machine, then the same again at `sync_data`). `None` when
-    /// the file system refuses direct I/O (tmpfs, some network file systems); writes are then
-    /// buffered.
+    /// CPU per GB on this class of machine, then the flush at `sync_data`). `None` when buffered
+    /// (see [`MmapRegionWriter::direct`]) or when the file system refuses direct I/O (tmpfs,
+    /// some network file systems).
     direct: Option<std::fs::File>,
 }
 
 /// Alignment of buffers, offsets and lengths for `O_DIRECT` writes (covers 512-byte and
 /// 4 KiB logical blocks).
 const DIRECT_ALIGN: usize = 4096;
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes (Linux); `None` elsewhere.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
 
 #[cfg(target_os = "linux")]
 fn open_direct(path: &Path) -> Option<std::fs::File> {
@@ -301,7 +309,11 @@ impl MmapRegionWriter {
             order,
             scratch: Vec::new(),
             bytes: Vec::new(),
-            direct: if order == Order::F { open_direct(path) } else { None },
+            direct: if order == Order::F && len > mem_available().unwrap_or(u64::MAX) / 2 {
+                open_direct(path)
+            } else {
+                None
+            },
         })
     }
 
@@ -309,6 +321,18 @@ impl MmapRegionWriter {
     /// file back at once and should find it in memory.
     pub fn buffered(mut self) -> Self {
         self.direct = None;
+        self
+    }
+
+    /// Writes whole pages of frame-major files with `O_DIRECT` where the file system allows
+    /// it. [`MmapRegionWriter::open`] chooses this by itself for files larger than half the
+    /// memory the system has available (they would not stay in the page cache anyway); smaller
+    /// files are written through the page cache, where the next stage (the C-order transpose)
+    /// finds them.
+    pub fn direct(mut self) -> Self {
+        if self.order == Order::F && self.direct.is_none() {
+            self.direct = open_direct(&self.path);
+        }
         self
     }
 

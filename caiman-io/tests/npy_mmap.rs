@@ -483,7 +483,7 @@ fn transpose_f_to_c_copies_every_pixel_row() {
 /// Frame-major writes whose regions start and end inside pages: the page-aligned interior goes
 /// through `O_DIRECT` (where the file system allows it), the partial pages through the page
 /// cache, and neighbouring writers share those partial pages. The file must hold every value,
-/// for both paths (direct and `buffered()`).
+/// for both paths (`direct()` and `buffered()`).
 #[test]
 fn frame_major_writes_at_unaligned_offsets_are_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -509,9 +509,7 @@ fn frame_major_writes_at_unaligned_offsets_are_exact() {
                 let (bounds, m) = (&bounds, &mov);
                 s.spawn(move || {
                     let mut w = MmapRegionWriter::open(&tmp, shape, Order::F).unwrap();
-                    if buffered {
-                        w = w.buffered();
-                    }
+                    w = if buffered { w.buffered() } else { w.direct() };
                     for (_, win) in bounds.windows(2).enumerate().filter(|(i, _)| i % 2 == w_id) {
                         w.write_frames(win[0], &m.as_slice()[win[0] * d..win[1] * d]).unwrap();
                     }
