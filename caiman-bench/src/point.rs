@@ -729,6 +729,7 @@ fn run_motion(
         output: scratch.join("corrected.mmap"),
         params,
         template: None,
+        direct_io: true,
     };
     let res = motion_correct(&job, exec, &mut |_, _, _| {})?;
     let parts = res.passes.iter().map(|p| (p.name.clone(), p.wall_s)).collect();

@@ -188,6 +188,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         output: dir.join("demo_mc.mmap"),
         params: caiman_motion::MotionParams::default(),
         template: None,
+        direct_io: false,
     };
     let backend = crate::exec_args::backend_from(None, None, None);
     let exec = backend.build()?;

@@ -102,6 +102,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         output: args.output.clone(),
         params: params.clone(),
         template: None,
+        direct_io: true,
     };
     let exec = backend.build()?;
     let (res, seconds) = run_motion(&job, &exec, ui)?;

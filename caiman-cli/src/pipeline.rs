@@ -212,6 +212,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
             output: scratch.join("corrected.mmap"),
             params: mparams.clone(),
             template: None,
+            direct_io: false,
         };
         let (res, _) = crate::motion::run_motion(&job, &exec, ui)?;
         report.record("motion", t0, 0, None);

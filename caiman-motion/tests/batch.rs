@@ -30,6 +30,7 @@ fn job(input: &Path, output: &Path, params: MotionParams) -> MotionJob {
         output: output.to_path_buf(),
         params,
         template: None,
+        direct_io: false,
     }
 }
 

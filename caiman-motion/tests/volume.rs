@@ -195,6 +195,7 @@ fn batch_piecewise_volume_movie() {
         output: dir.path().join("out.mmap"),
         params,
         template: None,
+        direct_io: false,
     };
     let res = caiman_motion::motion_correct(&job, &caiman_parallel::Linear::new(), &mut |_, _, _| {}).unwrap();
     assert_eq!(res.shifts_rig.dim(), (frames, 3));
