@@ -730,6 +730,7 @@ fn run_motion(
         params,
         template: None,
         direct_io: true,
+        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
     };
     let res = motion_correct(&job, exec, &mut |_, _, _| {})?;
     let parts = res.passes.iter().map(|p| (p.name.clone(), p.wall_s)).collect();

@@ -189,6 +189,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         params: caiman_motion::MotionParams::default(),
         template: None,
         direct_io: false,
+        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
     };
     let backend = crate::exec_args::backend_from(None, None, None);
     let exec = backend.build()?;

@@ -103,6 +103,7 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
         params: params.clone(),
         template: None,
         direct_io: true,
+        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
     };
     let exec = backend.build()?;
     let (res, seconds) = run_motion(&job, &exec, ui)?;

@@ -32,6 +32,7 @@ use caiman_cnmf::estimates::Estimates;
 use caiman_cnmf::results::save_cnmf;
 use caiman_cnmf::summary::{SummaryOptions, summary_images};
 use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Shape};
+use caiman_motion::template::DEFAULT_TEMPLATE_MEMORY;
 use caiman_motion::{BorderNan, MotionJob};
 use caiman_parallel::Executor;
 use ndarray::{Array2, Axis};
@@ -213,6 +214,10 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
             params: mparams.clone(),
             template: None,
             direct_io: false,
+            // The motion stage's share of the budget: an eighth for its chunk templates.
+            template_memory: budget.map_or(DEFAULT_TEMPLATE_MEMORY, |b| {
+                usize::try_from(b / 8).unwrap_or(usize::MAX).min(DEFAULT_TEMPLATE_MEMORY)
+            }),
         };
         let (res, _) = crate::motion::run_motion(&job, &exec, ui)?;
         report.record("motion", t0, 0, None);

@@ -20,9 +20,13 @@
 //! decisions bit for bit) selects the kernels of every chunk and of the initial template (see
 //! [`crate::params::Precision`]).
 //!
-//! Memory: the pass keeps one running sum image and the chunk templates (CaImAn's
-//! `templates_rig`, one frame per chunk), not the chunks' sums; each task holds two blocks of 16
-//! frames and its corrector.
+//! Memory does not grow with the movie's length beyond the shifts and correlations themselves
+//! (16 B per frame, plus 16 B per frame and patch for piecewise runs): tasks are built and
+//! mapped a few per worker at a time; each holds two blocks of 16 frames and its corrector; the
+//! pass folds each chunk's sum image into one running sum as results arrive; and the chunk
+//! templates (CaImAn's `templates_rig`, one frame per chunk) go into a [`TemplateStack`], which
+//! moves them to an unnamed scratch file next to the output beyond
+//! [`MotionJob::template_memory`] bytes and takes their median block by block.
 //!
 //! Chunks are [`CorrectChunk`] tasks: they carry file paths, a frame range and the template,
 //! never movie pixels, so they run unchanged on threads or in worker processes
@@ -48,7 +52,7 @@ use crate::filter::HighPassFilter;
 use crate::params::MotionParams;
 use crate::patches::{PatchGrid, dense_field};
 use crate::shift::{BorderMode, CubicWarper};
-use crate::template::{Accumulation, NanMeanAccumulator, bin_median, nanmedian_templates};
+use crate::template::{Accumulation, NanMeanAccumulator, TemplateStack, bin_median};
 use crate::volume::{VolumeCorrector, VolumeOptions};
 
 /// Frames read per step inside a chunk task.
@@ -174,7 +178,8 @@ pub struct ChunkResult {
     /// Per-patch shifts applied, axis 2 (`z_shifts_els`, volumes only).
     #[serde(default)]
     pub patch_z: Vec<f64>,
-    /// NaN-mean of the corrected frames (the chunk template).
+    /// NaN-mean of the corrected frames (the chunk template). The driver moves it into the
+    /// pass's [`TemplateStack`], leaving this empty.
     pub template: Vec<f32>,
     /// Pearson correlation of each corrected frame with the template it was registered to.
     pub correlations: Vec<f64>,
@@ -478,7 +483,7 @@ pub struct Metrics {
 }
 
 /// Everything a motion-correction run produces (CaImAn's `MotionCorrect` attributes).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MotionResult {
     /// The corrected movie.
     pub output: PathBuf,
@@ -495,12 +500,13 @@ pub struct MotionResult {
     /// Patch centres in pixels, `P × 2` (axis 0, axis 1; `P × 3` for volumes), in the column
     /// order of `*_shifts_els`.
     pub patch_centers: Option<Array2<f64>>,
-    /// `templates_rig`: one template per chunk of the last rigid pass (C order frames).
-    pub templates_rig: Vec<Vec<f32>>,
+    /// `templates_rig`: one template per chunk of the last rigid pass (C order frames; in a
+    /// scratch file beyond [`MotionJob::template_memory`] bytes).
+    pub templates_rig: TemplateStack,
     /// `total_template_rig`.
     pub total_template_rig: Vec<f32>,
     /// `templates_els` (piecewise runs).
-    pub templates_els: Vec<Vec<f32>>,
+    pub templates_els: Option<TemplateStack>,
     /// `total_template_els` (piecewise runs).
     pub total_template_els: Option<Vec<f32>>,
     /// The movie minimum used (`add_to_movie = −min_mov`).
@@ -535,6 +541,13 @@ pub struct MotionJob {
     /// through the page cache unless the file exceeds half the available memory (the pipeline's
     /// transpose then finds a small movie in memory).
     pub direct_io: bool,
+    /// Bytes of chunk templates held in memory per pass before they move to an unnamed scratch
+    /// file in the output's directory ([`TemplateStack`]); [`DEFAULT_TEMPLATE_MEMORY`] is
+    /// 64 MiB. A pass has `T / num_frames_split` templates of one frame each, so this is what
+    /// keeps memory flat in the movie's length.
+    ///
+    /// [`DEFAULT_TEMPLATE_MEMORY`]: crate::template::DEFAULT_TEMPLATE_MEMORY
+    pub template_memory: usize,
 }
 
 /// Minimum over the first 400 frames (high-pass filtered first with `gSig_filt`), in one
@@ -618,9 +631,11 @@ fn crispness(mean: &[f64], dims: Dims) -> f64 {
 }
 
 struct PassOutcome {
-    /// Chunk results, their `sum` fields emptied (folded into `sum` as they arrive, so memory
-    /// does not grow with the number of chunks).
+    /// Chunk results, their `sum` fields emptied (folded into `sum` as they arrive) and their
+    /// templates moved into `templates`, so memory does not grow with the number of chunks.
     results: Vec<ChunkResult>,
+    /// The chunk templates, in chunk order.
+    templates: TemplateStack,
     /// Sum of the corrected frames over the pass (NaN counted as 0).
     sum: Vec<f64>,
     stats: PassStats,
@@ -636,35 +651,35 @@ fn run_pass<E: Executor>(
     add_to_movie: f64,
     output: Option<&ChunkOutput>,
     chunks: &[Range<usize>],
+    (job_dims, spill_dir): (Dims, &Path),
     progress: Progress<'_>,
 ) -> Result<PassOutcome> {
     let total: usize = chunks.iter().map(|c| c.len()).sum();
     let params_json = serde_json::to_string(&job.params).map_err(crate::error::ParamsError::from)?;
-    let tasks: Vec<CorrectChunk> = chunks
-        .iter()
-        .map(|frames| CorrectChunk {
-            inputs: job.inputs.clone(),
-            open: job.open.clone(),
-            frames: frames.clone(),
-            template: template.to_vec(),
-            params_json: params_json.clone(),
-            kind,
-            add_to_movie,
-            output: output.cloned(),
-        })
-        .collect();
+    // Tasks are built per map, so only a few copies of the template exist at once.
+    let task = |frames: &Range<usize>| CorrectChunk {
+        inputs: job.inputs.clone(),
+        open: job.open.clone(),
+        frames: frames.clone(),
+        template: template.to_vec(),
+        params_json: params_json.clone(),
+        kind,
+        add_to_movie,
+        output: output.cloned(),
+    };
+    let dims = job_dims;
+    let mut templates = TemplateStack::new([dims.d1, dims.d2 * dims.d3], job.template_memory, spill_dir);
     // Maps of a few chunks per worker, so progress moves while a long movie is processed (each
     // map ends with a barrier, so not too few either).
     let batch = (exec.workers() * 4).max(1);
     let mut sum = Vec::new();
     let started = Instant::now();
-    let mut results = Vec::with_capacity(tasks.len());
+    let mut results = Vec::with_capacity(chunks.len());
     let (mut cpu, mut rss) = (0.0, 0u64);
     let mut done = 0;
     progress(name, 0, total);
-    let mut tasks = tasks.into_iter().peekable();
-    while tasks.peek().is_some() {
-        let group: Vec<CorrectChunk> = tasks.by_ref().take(batch).collect();
+    for group in chunks.chunks(batch) {
+        let group: Vec<CorrectChunk> = group.iter().map(task).collect();
         done += group.iter().map(|t| t.frames.len()).sum::<usize>();
         let (out, stats) = exec.map(group)?;
         cpu += stats.cpu_total.as_secs_f64();
@@ -676,20 +691,14 @@ fn run_pass<E: Executor>(
                 sum.iter_mut().zip(&r.sum).for_each(|(a, b)| *a += b);
                 r.sum = Vec::new();
             }
+            templates.push(&std::mem::take(&mut r.template))?;
             results.push(r);
         }
         progress(name, done, total);
     }
     let stats = PassStats { name: name.into(), wall_s: started.elapsed().as_secs_f64(), cpu_s: cpu, peak_rss_kib: rss };
     tracing::info!(pass = name, wall_s = stats.wall_s, frames = total, "motion pass done");
-    Ok(PassOutcome { results, sum, stats })
-}
-
-fn median_template(results: &[ChunkResult], dims: Dims) -> Result<Vec<f32>> {
-    let (h, w) = (dims.d1, dims.d2 * dims.d3);
-    let views: Vec<ArrayView2<'_, f32>> =
-        results.iter().map(|r| ArrayView2::from_shape((h, w), &r.template[..]).expect("template shape")).collect();
-    Ok(nanmedian_templates(&views)?.as_standard_layout().iter().copied().collect())
+    Ok(PassOutcome { results, templates, sum, stats })
 }
 
 /// Motion-correct a movie (see the module docs for the order of operations).
@@ -749,7 +758,11 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
 
     let mut passes = Vec::new();
     let mut last = None;
-    let mut templates_rig = Vec::new();
+    let mut templates_rig = None;
+    let spill_dir = match mmap_target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let niter = job.params.niter_rig.max(1);
     for it in 0..niter {
         let writes = !job.params.pw_rigid && it + 1 == niter;
@@ -763,10 +776,11 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
             add_to_movie,
             writes.then_some(&out),
             &chunks,
+            (dims, &spill_dir),
             progress,
         )?;
-        template = median_template(&p.results, dims)?;
-        templates_rig = p.results.iter().map(|r| r.template.clone()).collect();
+        template = p.templates.nanmedian()?;
+        templates_rig = Some(p.templates);
         passes.push(p.stats);
         last = Some((p.results, p.sum));
     }
@@ -780,7 +794,8 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
     let mut final_results = rigid_results;
     let mut final_sum = rigid_sum;
     let (mut x_els, mut y_els, mut z_els) = (None, None, None);
-    let (mut centers, mut templates_els, mut total_els) = (None, Vec::new(), None);
+    let templates_rig = templates_rig.expect("at least one rigid pass");
+    let (mut centers, mut templates_els, mut total_els) = (None, None, None);
     if job.params.pw_rigid {
         let p = run_pass(
             exec,
@@ -791,6 +806,7 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
             add_to_movie,
             Some(&out),
             &chunks,
+            (dims, &spill_dir),
             progress,
         )?;
         // The piecewise pass re-estimates the rigid shift of each frame against the same template.
@@ -810,8 +826,8 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
             z_els = Some(Array2::from_shape_vec((shape.frames, n_patches), zs).expect("patch shifts"));
         }
         centers = Some(patch_centers(&job.params, dims, &total_template_rig, add_to_movie)?);
-        templates_els = p.results.iter().map(|r| r.template.clone()).collect();
-        total_els = Some(median_template(&p.results, dims)?);
+        total_els = Some(p.templates.nanmedian()?);
+        templates_els = Some(p.templates);
         passes.push(p.stats);
         final_results = p.results;
         final_sum = p.sum;
@@ -899,11 +915,6 @@ impl MotionResult {
         let dims = self.shape.dims;
         let frame_shape: Vec<usize> =
             if dims.is_volume() { vec![dims.d1, dims.d2, dims.d3] } else { vec![dims.d1, dims.d2] };
-        let stack = |v: &[Vec<f32>]| -> (Vec<usize>, Vec<f32>) {
-            let mut s = vec![v.len()];
-            s.extend(&frame_shape);
-            (s, v.iter().flatten().copied().collect())
-        };
         let mut w = caiman_io::h5::H5Writer::create(path)?;
         let s = &self.shifts_rig;
         w.write_f64(
@@ -926,12 +937,12 @@ impl MotionResult {
             }
         }
         w.write_f32("total_template_rig", &frame_shape, &self.total_template_rig)?;
-        let (sh, v) = stack(&self.templates_rig);
-        w.write_f32("templates_rig", &sh, &v)?;
+        self.templates_rig.write_hdf5(&mut w, "templates_rig", &frame_shape)?;
         if let Some(t) = &self.total_template_els {
             w.write_f32("total_template_els", &frame_shape, t)?;
-            let (sh, v) = stack(&self.templates_els);
-            w.write_f32("templates_els", &sh, &v)?;
+        }
+        if let Some(t) = &self.templates_els {
+            t.write_hdf5(&mut w, "templates_els", &frame_shape)?;
         }
         w.write_f64("min_mov", &[], &[self.min_mov])?;
         w.write_i64("border_to_0", &[], &[self.border_to_0 as i64])?;

@@ -528,8 +528,8 @@ impl FrameCorrector {
                 }
                 let (fy, fx) = (pw.field_y.view(), pw.field_x.view());
                 match self.precision {
-                    Precision::F32 => self.warper.remap_fast_offsets(frame, add_in, add, fy, fx, border, out),
-                    Precision::F64 => self.warper.remap_offsets(frame, add_in, add, fy, fx, border, out),
+                    Precision::F32 => self.warper.remap_fast_offsets(frame, (add_in, add), (fy, fx), border, out),
+                    Precision::F64 => self.warper.remap_offsets(frame, (add_in, add), (fy, fx), border, out),
                 }
             }
             Some(fp) => {

@@ -72,4 +72,5 @@ pub use params::{BorderNan, MotionParams, Precision};
 pub use patches::PatchGrid;
 pub use register::{Registrar, Registration, SearchWindow, register_translation};
 pub use shift::BorderMode;
+pub use template::TemplateStack;
 pub use volume::{VolumeCorrector, VolumeOptions, VolumeShifts};

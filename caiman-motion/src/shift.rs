@@ -597,28 +597,22 @@ impl CubicWarper {
         border: BorderMode,
         dst: ArrayViewMut2<'_, f32>,
     ) {
-        self.remap_offsets(src, offset, offset, field_y, field_x, border, dst);
+        self.remap_offsets(src, (offset, offset), (field_y, field_x), border, dst);
     }
 
-    /// [`Self::remap`] of `src + offset_in`, writing `result − offset_out`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Self::remap`] of `src + offset_in`, writing `result − offset_out`; `field` is
+    /// `(field_y, field_x)`.
     pub(crate) fn remap_offsets<T: Sample>(
         &mut self,
         src: ArrayView2<'_, T>,
-        offset_in: f64,
-        offset_out: f64,
-        field_y: ArrayView2<'_, f32>,
-        field_x: ArrayView2<'_, f32>,
+        (offset_in, offset_out): (f64, f64),
+        (field_y, field_x): (ArrayView2<'_, f32>, ArrayView2<'_, f32>),
         border: BorderMode,
         mut dst: ArrayViewMut2<'_, f32>,
     ) {
-        assert_eq!(src.dim(), dst.dim(), "CubicWarper::remap: shape mismatch");
-        assert_eq!(src.dim(), field_y.dim(), "CubicWarper::remap: field shape");
-        assert_eq!(src.dim(), field_x.dim(), "CubicWarper::remap: field shape");
-        let (h, w) = src.dim();
-        if h == 0 || w == 0 {
+        let Some((h, w)) = remap_dims("remap", src.dim(), field_y.dim(), field_x.dim(), dst.dim()) else {
             return;
-        }
+        };
         let (lo, _, has_nan) = load_f64(src, offset_in, &mut self.src);
         let cv_border = CvBorder::for_remap(border, lo, has_nan);
         let tab = cubic_table();
@@ -735,28 +729,22 @@ impl CubicWarper {
         border: BorderMode,
         dst: ArrayViewMut2<'_, f32>,
     ) {
-        self.remap_fast_offsets(src, offset, offset, field_y, field_x, border, dst);
+        self.remap_fast_offsets(src, (offset, offset), (field_y, field_x), border, dst);
     }
 
-    /// [`Self::remap_fast`] of `src + offset_in`, writing `result − offset_out`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Self::remap_fast`] of `src + offset_in`, writing `result − offset_out`; `field` is
+    /// `(field_y, field_x)`.
     pub(crate) fn remap_fast_offsets(
         &mut self,
         src: ArrayView2<'_, f32>,
-        offset_in: f64,
-        offset_out: f64,
-        field_y: ArrayView2<'_, f32>,
-        field_x: ArrayView2<'_, f32>,
+        (offset_in, offset_out): (f64, f64),
+        (field_y, field_x): (ArrayView2<'_, f32>, ArrayView2<'_, f32>),
         border: BorderMode,
         mut dst: ArrayViewMut2<'_, f32>,
     ) {
-        assert_eq!(src.dim(), dst.dim(), "CubicWarper::remap_fast: shape mismatch");
-        assert_eq!(src.dim(), field_y.dim(), "CubicWarper::remap_fast: field shape");
-        assert_eq!(src.dim(), field_x.dim(), "CubicWarper::remap_fast: field shape");
-        let (h, w) = src.dim();
-        if h == 0 || w == 0 {
+        let Some((h, w)) = remap_dims("remap_fast", src.dim(), field_y.dim(), field_x.dim(), dst.dim()) else {
             return;
-        }
+        };
         let (lo, _, has_nan) = load_f32(src, offset_in, &mut self.src32);
         let cv_border = CvBorder::for_remap(border, f64::from(lo), has_nan);
         let simd = has_avx_fma();
@@ -793,6 +781,21 @@ impl CubicWarper {
             dst.row_mut(y).iter_mut().zip(out.iter()).for_each(|(d, &v)| *d = v);
         }
     }
+}
+
+/// The shape checks shared by the remaps: fields and destination have the source's shape
+/// (panics otherwise, as documented on the public methods); `None` for an empty image.
+fn remap_dims(
+    who: &str,
+    src: (usize, usize),
+    field_y: (usize, usize),
+    field_x: (usize, usize),
+    dst: (usize, usize),
+) -> Option<(usize, usize)> {
+    assert_eq!(src, dst, "CubicWarper::{who}: shape mismatch");
+    assert_eq!(src, field_y, "CubicWarper::{who}: field shape");
+    assert_eq!(src, field_x, "CubicWarper::{who}: field shape");
+    (src.0 > 0 && src.1 > 0).then_some(src)
 }
 
 /// CaImAn's `apply_shift_iteration` as a one-shot function (see [`CubicWarper::translate`]).

@@ -210,6 +210,187 @@ impl NanMeanAccumulator {
     }
 }
 
+/// Bytes of chunk templates a [`TemplateStack`] keeps in memory before it moves them to a
+/// scratch file (64 MiB: 64 templates of 512 × 512).
+pub const DEFAULT_TEMPLATE_MEMORY: usize = 64 << 20;
+
+/// The chunk templates of one pass (CaImAn's `templates_rig` / `templates_els`): one
+/// `d1 × d2` image (C order) per chunk, in chunk order.
+///
+/// A pass over a movie of `T` frames has `T / num_frames_split` chunks, so for long movies the
+/// templates alone outgrow memory (10⁵ frames of 512 × 512: 1250 templates, 1.3 GB). The stack
+/// keeps them in memory up to a byte cap, then moves them all to an unnamed scratch file in a
+/// directory the caller chooses (deleted by the operating system when the stack is dropped)
+/// and appends there. [`nanmedian`](Self::nanmedian) reads the templates one block of pixels at
+/// a time, with a block buffer of at most about the cap, and gives the same bits as
+/// [`nanmedian_templates`] on the same templates.
+#[derive(Debug)]
+pub struct TemplateStack {
+    dims: [usize; 2],
+    len: usize,
+    mem: Vec<f32>,
+    cap_bytes: usize,
+    spill_dir: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl TemplateStack {
+    /// An empty stack of `d1 × d2` templates that holds up to `cap_bytes` in memory and then
+    /// spills to an unnamed file in `spill_dir`.
+    pub fn new(dims: [usize; 2], cap_bytes: usize, spill_dir: impl Into<std::path::PathBuf>) -> TemplateStack {
+        TemplateStack { dims, len: 0, mem: Vec::new(), cap_bytes, spill_dir: spill_dir.into(), file: None }
+    }
+
+    /// Template shape `[d1, d2]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.dims
+    }
+
+    /// Number of templates.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `true` without templates.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `true` once the templates live in the scratch file.
+    pub fn is_spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    fn pixels(&self) -> usize {
+        self.dims[0] * self.dims[1]
+    }
+
+    fn spill_err(&self, e: std::io::Error) -> caiman_io::Error {
+        caiman_io::Error::io(self.spill_dir.join("<template scratch file>"), e)
+    }
+
+    /// Append one template.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for a template of another size; [`Error::Io`] if the scratch
+    /// file cannot be created or written (the error names its directory).
+    pub fn push(&mut self, template: &[f32]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let d = self.pixels();
+        if template.len() != d {
+            return Err(Error::ShapeMismatch { what: "chunk template", expected: vec![d], got: vec![template.len()] });
+        }
+        if self.file.is_none() && (self.len + 1) * d * 4 > self.cap_bytes {
+            let f = tempfile::tempfile_in(&self.spill_dir).map_err(|e| Error::Io(self.spill_err(e)))?;
+            f.write_all_at(as_bytes(&self.mem), 0).map_err(|e| Error::Io(self.spill_err(e)))?;
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
+        match &self.file {
+            Some(f) => f
+                .write_all_at(as_bytes(template), (self.len * d * 4) as u64)
+                .map_err(|e| Error::Io(self.spill_err(e)))?,
+            None => self.mem.extend_from_slice(template),
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Copy pixels `p0 .. p0 + out.len()` of template `k` into `out`.
+    fn read_pixels(&self, k: usize, p0: usize, out: &mut [f32]) -> caiman_io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let start = k * self.pixels() + p0;
+        match &self.file {
+            Some(f) => {
+                let bytes = as_bytes_mut(out);
+                f.read_exact_at(bytes, (start * 4) as u64).map_err(|e| self.spill_err(e))
+            }
+            None => {
+                out.copy_from_slice(&self.mem[start..start + out.len()]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Template `k` (C order).
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for an index past the end; [`Error::Io`] if the scratch file cannot be read.
+    pub fn get(&self, k: usize) -> Result<Vec<f32>> {
+        if k >= self.len {
+            return Err(Error::Empty { what: "chunk template index past the end" });
+        }
+        let mut out = vec![0f32; self.pixels()];
+        self.read_pixels(k, 0, &mut out)?;
+        Ok(out)
+    }
+
+    /// Pixel-wise `np.nanmedian` over the templates (C order), as [`nanmedian_templates`]:
+    /// pixels are taken in blocks so that a block of every template fits in about the byte cap.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] without templates; [`Error::Io`] if the scratch file cannot be read.
+    pub fn nanmedian(&self) -> Result<Vec<f32>> {
+        if self.len == 0 {
+            return Err(Error::Empty { what: "template list" });
+        }
+        let d = self.pixels();
+        let block = (self.cap_bytes / (4 * self.len)).clamp(1024, d.max(1));
+        let mut buf = vec![0f32; block * self.len];
+        let mut vals = Vec::with_capacity(self.len);
+        let mut out = vec![0f32; d];
+        let mut p0 = 0;
+        while p0 < d {
+            let n = block.min(d - p0);
+            for k in 0..self.len {
+                self.read_pixels(k, p0, &mut buf[k * n..(k + 1) * n])?;
+            }
+            for (i, o) in out[p0..p0 + n].iter_mut().enumerate() {
+                vals.clear();
+                vals.extend((0..self.len).map(|k| buf[k * n + i]).filter(|v| !v.is_nan()));
+                *o = median_f32(&mut vals);
+            }
+            p0 += n;
+        }
+        Ok(out)
+    }
+
+    /// Write the stack as the `float32` dataset `name` of shape `[len, frame_shape…]`; a
+    /// spilled stack is streamed template by template (chunked by one template).
+    ///
+    /// # Errors
+    /// Whatever writing the dataset or reading the scratch file returns, naming the file.
+    pub fn write_hdf5(
+        &self,
+        w: &mut caiman_io::h5::H5Writer,
+        name: &str,
+        frame_shape: &[usize],
+    ) -> caiman_io::Result<()> {
+        if self.file.is_none() {
+            let mut shape = vec![self.len];
+            shape.extend_from_slice(frame_shape);
+            return w.write_f32(name, &shape, &self.mem);
+        }
+        w.create_appendable_f32(name, frame_shape, 1, 0)?;
+        let mut buf = vec![0f32; self.pixels()];
+        for k in 0..self.len {
+            self.read_pixels(k, 0, &mut buf)?;
+            w.append_f32(name, &buf)?;
+        }
+        Ok(())
+    }
+}
+
+fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 plain bytes; the length is the slice's byte size.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: every byte pattern is a valid f32; the length is the slice's byte size.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +410,70 @@ mod tests {
         let mut out = Array2::zeros((1, 3));
         acc.finish(out.view_mut());
         assert_eq!(out, ndarray::arr2(&[[2.0, 2.0, 6.0]]));
+    }
+
+    /// Deterministic pseudo-random templates with NaNs (including an all-NaN pixel).
+    fn templates(n: usize, d1: usize, d2: usize) -> Vec<Vec<f32>> {
+        let mut x = 0x2545_f491_u64;
+        (0..n)
+            .map(|k| {
+                (0..d1 * d2)
+                    .map(|p| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let v = (x % 10_000) as f32 / 37.0;
+                        if p == 3 || (p + k) % 11 == 0 { f32::NAN } else { v }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn template_stack_median_and_reads_match_in_memory_nanmedian_whether_spilled_or_not() {
+        let (d1, d2) = (37, 53);
+        let dir = tempfile::tempdir().unwrap();
+        for n in [1, 2, 7, 12] {
+            let ts = templates(n, d1, d2);
+            let views: Vec<ArrayView2<'_, f32>> =
+                ts.iter().map(|t| ArrayView2::from_shape((d1, d2), &t[..]).unwrap()).collect();
+            let want: Vec<f32> = nanmedian_templates(&views).unwrap().iter().copied().collect();
+            assert!(want[3].is_nan(), "the all-NaN pixel stays NaN");
+            // Caps: never spill, spill at the first template, spill part-way (with pixel blocks
+            // smaller than the frame, since the block is cap / (4·n) ≥ 1024 pixels).
+            for cap in [usize::MAX, 0, 3 * d1 * d2 * 4] {
+                let mut st = TemplateStack::new([d1, d2], cap, dir.path());
+                for t in &ts {
+                    st.push(t).unwrap();
+                }
+                assert_eq!(st.len(), n);
+                assert_eq!(st.is_spilled(), cap < n * d1 * d2 * 4, "cap {cap}, n {n}");
+                let got = st.nanmedian().unwrap();
+                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "median differs (n {n}, cap {cap})");
+                for (k, t) in ts.iter().enumerate() {
+                    let g = st.get(k).unwrap();
+                    assert!(g.iter().zip(t).all(|(a, b)| a.to_bits() == b.to_bits()), "template {k}");
+                }
+                assert!(st.get(n).is_err());
+                // Written to HDF5 (spilled: streamed), read back identical.
+                let h5 = dir.path().join(format!("t{n}_{}.h5", cap.min(1 << 40)));
+                let mut w = caiman_io::h5::H5Writer::create(&h5).unwrap();
+                st.write_hdf5(&mut w, "templates_rig", &[d1, d2]).unwrap();
+                w.finish().unwrap();
+                let (shape, vals) = caiman_io::h5::H5File::open(&h5).unwrap().read_f32("templates_rig").unwrap();
+                assert_eq!(shape, vec![n, d1, d2]);
+                let flat: Vec<f32> = ts.iter().flatten().copied().collect();
+                assert!(vals.iter().zip(&flat).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+        // The scratch file is unnamed: nothing but the HDF5 files is left in the directory.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.iter().all(|n| n.to_string_lossy().ends_with(".h5")), "{left:?}");
+        // A template of the wrong size is an error, not a panic.
+        let mut st = TemplateStack::new([d1, d2], 0, dir.path());
+        assert!(matches!(st.push(&[0.0; 5]), Err(Error::ShapeMismatch { .. })));
+        assert!(matches!(st.nanmedian(), Err(Error::Empty { .. })));
     }
 }

@@ -31,6 +31,7 @@ fn job(input: &Path, output: &Path, params: MotionParams) -> MotionJob {
         params,
         template: None,
         direct_io: false,
+        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
     }
 }
 
@@ -276,6 +277,53 @@ fn synthetic_piecewise_beats_rigid_on_nonrigid_motion() {
     );
     assert!(pw.metrics.crispness >= rig.metrics.crispness * 0.99, "pw mean image is not crisper");
     assert!(pw.x_shifts_els.is_some() && pw.total_template_els.is_some());
+}
+
+#[test]
+fn chunk_templates_spilled_to_scratch_give_identical_results() {
+    // template_memory 0 moves every chunk template to the scratch file at once: results and the
+    // saved HDF5 must not differ in a single bit from the in-memory run.
+    let dir = tempfile::tempdir().unwrap();
+    let (movie, _truth) = synthetic(dir.path(), 60, 1.0);
+    let params = MotionParams {
+        max_shifts: vec![6, 6],
+        strides: vec![24, 24],
+        overlaps: vec![12, 12],
+        num_frames_split: 10,
+        niter_rig: 2,
+        pw_rigid: true,
+        ..Default::default()
+    };
+    let run = |name: &str, template_memory: usize| {
+        let j = MotionJob { template_memory, ..job(&movie, &dir.path().join(format!("{name}.mmap")), params.clone()) };
+        let r = motion_correct(&j, &Threads::new(2).unwrap(), &mut |_, _, _| {}).unwrap();
+        let h5 = r.save_hdf5(&dir.path().join(format!("{name}.h5"))).unwrap();
+        (r, h5)
+    };
+    let (mem, mem_h5) = run("mem", usize::MAX);
+    let (disk, disk_h5) = run("disk", 0);
+    assert!(!mem.templates_rig.is_spilled() && disk.templates_rig.is_spilled());
+    assert_eq!(disk.templates_rig.len(), 6);
+    assert_eq!(disk.templates_els.as_ref().map(|t| t.len()), Some(6));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&mem.total_template_rig), bits(&disk.total_template_rig));
+    assert_eq!(bits(mem.total_template_els.as_deref().unwrap()), bits(disk.total_template_els.as_deref().unwrap()));
+    assert_eq!(mem.shifts_rig, disk.shifts_rig);
+    assert_eq!(mem.x_shifts_els, disk.x_shifts_els);
+    for k in 0..6 {
+        assert_eq!(bits(&mem.templates_rig.get(k).unwrap()), bits(&disk.templates_rig.get(k).unwrap()));
+    }
+    let (a, b) = (caiman_io::h5::H5File::open(&mem_h5).unwrap(), caiman_io::h5::H5File::open(&disk_h5).unwrap());
+    for name in ["templates_rig", "templates_els", "total_template_rig", "total_template_els"] {
+        let (sa, va) = a.read_f32(name).unwrap();
+        let (sb, vb) = b.read_f32(name).unwrap();
+        assert_eq!(sa, sb, "{name}");
+        assert_eq!(bits(&va), bits(&vb), "{name}");
+    }
+    assert_eq!(a.read_f32("templates_rig").unwrap().0, vec![6, 64, 72]);
+    let ma = caiman_io::load(&mem.output, &OpenOptions::default()).unwrap();
+    let mb = caiman_io::load(&disk.output, &OpenOptions::default()).unwrap();
+    assert_eq!(bits(ma.as_slice()), bits(mb.as_slice()));
 }
 
 #[test]

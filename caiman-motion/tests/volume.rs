@@ -37,13 +37,11 @@ fn field(p: [f64; 3]) -> [f64; 3] {
     ]
 }
 
-#[allow(clippy::print_stderr)]
-#[test]
-fn piecewise_volume_recovers_a_smooth_shift_field() {
-    let mut rng = common::Lcg(21);
-    // A dense "neuron field" (one blob per ~40 voxels, σ 1–1.6): sparse smooth scenes bias patch
-    // correlation peaks towards zero (content leaves the patch window).
-    let blobs: Vec<[f64; 5]> = (0..DIMS.iter().product::<usize>() / 40)
+/// A dense "neuron field" of blobs `[centre 0, centre 1, centre 2, σ, amplitude]`, one per ~40
+/// voxels, σ 1–1.6.
+fn neuron_field(seed: u64) -> Vec<[f64; 5]> {
+    let mut rng = common::Lcg(seed);
+    (0..DIMS.iter().product::<usize>() / 40)
         .map(|_| {
             [
                 rng.next_f64() * DIMS[0] as f64,
@@ -53,7 +51,15 @@ fn piecewise_volume_recovers_a_smooth_shift_field() {
                 10.0 + 30.0 * rng.next_f64(),
             ]
         })
-        .collect();
+        .collect()
+}
+
+#[allow(clippy::print_stderr)]
+#[test]
+fn piecewise_volume_recovers_a_smooth_shift_field() {
+    // A dense "neuron field" (one blob per ~40 voxels, σ 1–1.6): sparse smooth scenes bias patch
+    // correlation peaks towards zero (content leaves the patch window).
+    let blobs = neuron_field(21);
     let template = volume(&blobs, &|_| [0.0; 3]);
     let moved = volume(&blobs, &field);
     let opts = VolumeOptions {
@@ -153,18 +159,7 @@ fn bad_volume_inputs_are_errors() {
 /// three axes (`z_shifts_els`), patch centres `P × 3`, and patch shifts that follow the field.
 #[test]
 fn batch_piecewise_volume_movie() {
-    let mut rng = common::Lcg(5);
-    let blobs: Vec<[f64; 5]> = (0..DIMS.iter().product::<usize>() / 40)
-        .map(|_| {
-            [
-                rng.next_f64() * DIMS[0] as f64,
-                rng.next_f64() * DIMS[1] as f64,
-                rng.next_f64() * DIMS[2] as f64,
-                1.0 + 0.6 * rng.next_f64(),
-                10.0 + 30.0 * rng.next_f64(),
-            ]
-        })
-        .collect();
+    let blobs = neuron_field(5);
     let frames = 12;
     let dims = caiman_io::Dims { d1: DIMS[0], d2: DIMS[1], d3: DIMS[2] };
     let shape = caiman_io::Shape { frames, dims };
@@ -196,6 +191,7 @@ fn batch_piecewise_volume_movie() {
         params,
         template: None,
         direct_io: false,
+        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
     };
     let res = caiman_motion::motion_correct(&job, &caiman_parallel::Linear::new(), &mut |_, _, _| {}).unwrap();
     assert_eq!(res.shifts_rig.dim(), (frames, 3));
