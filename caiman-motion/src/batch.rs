@@ -42,7 +42,7 @@ use std::time::Instant;
 
 use caiman_io::mmap::{MmapRegionWriter, PendingMmap};
 use caiman_io::{ChainSource, Dims, FrameSource, OpenOptions, Order, Shape, WriteOptions};
-use caiman_parallel::{Executor, Registry, Task, TaskCtx, TaskError};
+use caiman_parallel::{Executor, Par, Registry, Task, TaskCtx, TaskError};
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 use serde::{Deserialize, Serialize};
 
@@ -569,7 +569,7 @@ fn movie_min<E: Executor>(exec: &E, job: &MotionJob, frames: usize) -> Result<f6
 }
 
 /// CaImAn's initial template from a temporal subsample.
-fn initial_template(src: &mut dyn FrameSource, params: &MotionParams) -> Result<Vec<f32>> {
+fn initial_template(src: &mut dyn FrameSource, params: &MotionParams, par: Par) -> Result<Vec<f32>> {
     let dims = src.dims();
     let d = dims.pixels();
     let t_len = src.frames();
@@ -591,7 +591,7 @@ fn initial_template(src: &mut dyn FrameSource, params: &MotionParams) -> Result<
         bin_median(stack, 10, true)?
     } else {
         let ms = params.max_shifts_per_axis()?;
-        crate::legacy::initial_template_with(stack, [ms[0], ms[1]], params.precision)?
+        crate::legacy::initial_template_with(stack, [ms[0], ms[1]], params.precision, par)?
     };
     Ok(tpl.as_standard_layout().iter().copied().collect())
 }
@@ -731,7 +731,9 @@ pub fn motion_correct<E: Executor>(job: &MotionJob, exec: &E, progress: Progress
         }
         None => {
             let started = Instant::now();
-            let t = initial_template(src.as_mut(), &job.params)?;
+            // The workers are idle meanwhile: the driver may use all of the executor's threads.
+            let par = Par::new(exec.workers() * exec.inner_threads().per_task);
+            let t = initial_template(src.as_mut(), &job.params, par)?;
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "initial template");
             t
         }

@@ -23,6 +23,8 @@
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, s};
 
+use caiman_parallel::Par;
+
 use crate::error::{Error, Result};
 use crate::fft::{Fft2d, Spectrum};
 use crate::params::Precision;
@@ -301,6 +303,7 @@ fn extract_and_apply(
     template: &Array2<f32>,
     max_shift: [usize; 2],
     precision: Precision,
+    par: Par,
 ) -> Result<Vec<[f64; 2]>> {
     let min_val = percentile_if_below(mov.as_slice().expect("standard layout"), 1.0, -0.1);
     if min_val < -0.1 {
@@ -311,20 +314,33 @@ fn extract_and_apply(
     if min_val < -0.1 && percentile(template.iter().copied(), 8.0) < -0.1 {
         template.mapv_inplace(|v| (f64::from(v) - min_val) as f32);
     }
-    let mut matcher = TemplateMatcher::with_precision(template.view(), max_shift, precision)?;
-    let mut warper = CubicWarper::new();
-    let (h, w) = (mov.shape()[1], mov.shape()[2]);
-    let mut buf = Array2::<f32>::zeros((h, w));
-    let mut shifts = Vec::with_capacity(mov.shape()[0]);
-    for mut frame in mov.axis_iter_mut(Axis(0)) {
-        let m = matcher.match_frame(frame.view())?;
-        match precision {
-            Precision::F64 => warper.translate(frame.view(), 0.0, m.shift, BorderMode::None, buf.view_mut()),
-            Precision::F32 => warper.translate_fast(frame.view(), 0.0, m.shift, BorderMode::None, buf.view_mut()),
+    // Frames are independent: `par.degree()` runs of consecutive frames, each with its own
+    // matcher and warper, give the same shifts and frames as one sequential run.
+    let (t, h, w) = mov.dim();
+    let per = t.div_ceil(par.degree().max(1)).max(1);
+    let runs = t.div_ceil(per);
+    let frames = mov.view();
+    let shifts: Vec<Result<Vec<[f64; 2]>>> = par.map_indices(runs, |r| {
+        let mut matcher = TemplateMatcher::with_precision(template.view(), max_shift, precision)?;
+        (r * per..((r + 1) * per).min(t))
+            .map(|k| Ok(matcher.match_frame(frames.index_axis(Axis(0), k))?.shift))
+            .collect()
+    });
+    let shifts: Vec<[f64; 2]> = shifts.into_iter().collect::<Result<Vec<_>>>()?.concat();
+    let data = mov.as_slice_mut().expect("standard layout");
+    par.for_each_chunk_mut(data, per * h * w, |r, chunk| {
+        let mut warper = CubicWarper::new();
+        let mut buf = Array2::<f32>::zeros((h, w));
+        for (i, frame) in chunk.chunks_exact_mut(h * w).enumerate() {
+            let shift = shifts[r * per + i];
+            let view = ArrayView2::from_shape((h, w), &*frame).expect("frame shape");
+            match precision {
+                Precision::F64 => warper.translate(view, 0.0, shift, BorderMode::None, buf.view_mut()),
+                Precision::F32 => warper.translate_fast(view, 0.0, shift, BorderMode::None, buf.view_mut()),
+            }
+            frame.copy_from_slice(buf.as_slice().expect("standard layout"));
         }
-        frame.assign(&buf);
-        shifts.push(m.shift);
-    }
+    });
     Ok(shifts)
 }
 
@@ -335,11 +351,12 @@ fn extract_and_apply(
 /// # Errors
 /// [`Error::Empty`] without frames; matcher errors for frames too small for `max_shifts`.
 pub fn initial_template(subsample: ArrayView3<'_, f32>, max_shifts: [usize; 2]) -> Result<Array2<f32>> {
-    initial_template_with(subsample, max_shifts, Precision::F64)
+    initial_template_with(subsample, max_shifts, Precision::F64, Par::Seq)
 }
 
 /// [`initial_template`] in the given arithmetic ([`Precision::F32`]: FFT numerators and `f32`
-/// warps, see the module docs).
+/// warps, see the module docs), registering and shifting the frames on up to `par.degree()`
+/// threads (the result does not depend on it).
 ///
 /// # Errors
 /// As [`initial_template`].
@@ -347,6 +364,7 @@ pub fn initial_template_with(
     subsample: ArrayView3<'_, f32>,
     max_shifts: [usize; 2],
     precision: Precision,
+    par: Par,
 ) -> Result<Array2<f32>> {
     let (t, d1, d2) = subsample.dim();
     if t == 0 {
@@ -357,19 +375,37 @@ pub fn initial_template_with(
     let skip = ((t as f64 / num_frames_template) as usize).max(1);
     let mut sub = subsample.slice(s![..;skip, .., ..]).to_owned();
     let templ = movie_bin_median(sub.view())?;
-    extract_and_apply(&mut sub, &templ, max_shifts, precision)?;
+    extract_and_apply(&mut sub, &templ, max_shifts, precision, par)?;
     let templ = movie_bin_median(sub.view())?;
     let mut m = subsample.to_owned();
-    extract_and_apply(&mut m, &templ, max_shifts, precision)?;
+    extract_and_apply(&mut m, &templ, max_shifts, precision, par)?;
     let templ = movie_bin_median(m.view())?;
     let mut m = subsample.to_owned();
-    extract_and_apply(&mut m, &templ, max_shifts, precision)?;
+    extract_and_apply(&mut m, &templ, max_shifts, precision, par)?;
     bin_median(m.view(), 10, true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initial_template_does_not_depend_on_the_thread_count() {
+        // 13 frames (not a multiple of the thread counts) of a smooth scene moved by whole and
+        // fractional pixels.
+        let (t, h, w) = (13, 48, 40);
+        let sub = Array3::from_shape_fn((t, h, w), |(k, i, j)| {
+            let (y, x) = (i as f32 + 0.37 * (k % 5) as f32, j as f32 - 0.61 * (k % 3) as f32);
+            50.0 + 20.0 * (y * 0.31).sin() * (x * 0.23).cos() + 8.0 * ((y + x) * 0.11).sin()
+        });
+        for precision in [Precision::F64, Precision::F32] {
+            let seq = initial_template_with(sub.view(), [4, 4], precision, Par::Seq).unwrap();
+            for n in [2, 3, 5] {
+                let par = initial_template_with(sub.view(), [4, 4], precision, Par::new(n)).unwrap();
+                assert!(seq.iter().zip(par.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "{precision:?}, {n}");
+            }
+        }
+    }
 
     #[test]
     fn percentile_like_numpy() {
