@@ -2,7 +2,7 @@
 //!
 //! What it is: the library behind the `caiman-bench-point` binary, which `cargo xtask perf-sweep`
 //! starts afresh for every run of every point. [`run_point`] runs a [`Stage`] (rigid or
-//! piecewise-rigid motion correction, or CNMF) with a [`PointConfig`] (movie, backend, patch and
+//! piecewise-rigid motion correction, CNMF, OnACID, or the whole batch pipeline) with a [`PointConfig`] (movie, backend, patch and
 //! chunk settings) and returns a [`PointResult`]: wall time, CPU time of the process tree
 //! (`getrusage` of this process and of its reaped children), peak resident memory of the tree (this
 //! process's `VmHWM` plus every worker process's `VmHWM`, read just before the executor is
@@ -23,7 +23,20 @@
 //! * `cnmf`: the one C-order copy CNMF reads (the pixel-block transpose of an F-order memmap, a
 //!   streamed copy of any other format, nothing for a C-order memmap) into the scratch directory,
 //!   then `caiman_cnmf::cnmf::run_pipeline` (fit — on patches when `rf` is set —, refit, component
-//!   evaluation, ΔF/F), as `caiman cnmf`/`caiman pipeline` without saving results.
+//!   evaluation, ΔF/F), as `caiman cnmf`/`caiman pipeline` without saving results;
+//! * `pipeline`: the batch pipeline as `caiman pipeline` runs it, on the movie with motion, as one
+//!   region: motion correction (rigid unless the parameters or the point ask for piecewise rigid)
+//!   into an F-order memmap in scratch (`MotionJob::direct_io` false, so the transpose finds the
+//!   corrected movie in the page cache; the default template memory), the F → C pixel-block
+//!   transpose of the CORRECTED movie (with CaImAn's `border_to_0` zeroing unless `border_nan` is
+//!   `'copy'`), then CNMF (fit, refit, evaluation, ΔF/F). Its `parts` are `motion setup` (the
+//!   movie's minimum and the initial template), each motion pass (`motion rigid 1`, …,
+//!   `motion piecewise`), `transpose`, and CNMF's report stages. Deliberately left out, as in the
+//!   `cnmf` stage: the summary images, the results files and the pictures `caiman pipeline`
+//!   writes (output, not computation). Accuracy is both the motion shift error and the CNMF
+//!   scores; components are matched to the truth at the template's offset (the median over frames
+//!   of the applied rigid shift minus the true shift to apply, rounded), because the corrected
+//!   movie sits wherever the template put it.
 //!
 //! What it is not: a timer of anything outside that region (movie synthesis, ground-truth scoring
 //! and results files are excluded), and not a statistics tool — repeats, medians and the choice of
@@ -45,7 +58,7 @@ use caiman_cnmf::pixels::Fov;
 use caiman_io::mmap::MmapSource;
 use caiman_io::synth::{GroundTruth, SynthParams, truth_path, write_movie_to};
 use caiman_io::{FrameSource, OpenOptions, Order, TiffSample, WriteOptions};
-use caiman_motion::{MotionJob, MotionParams, MotionResult, motion_correct};
+use caiman_motion::{BorderNan, MotionJob, MotionParams, MotionResult, motion_correct};
 use caiman_parallel::{AnyExecutor, Backend, Executor, THREAD_ENV_VARS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -66,11 +79,14 @@ pub enum Stage {
     Cnmf,
     /// OnACID (`caiman_online::fit_online`) on the motion-free movie.
     Online,
+    /// The batch pipeline on the movie with motion: motion correction, the F → C transpose of the
+    /// corrected movie, CNMF (fit, refit, evaluation, ΔF/F), timed as one region.
+    Pipeline,
 }
 
 impl Stage {
     /// Every stage, in sweep order.
-    pub const ALL: [Stage; 4] = [Stage::MotionRigid, Stage::MotionPw, Stage::Cnmf, Stage::Online];
+    pub const ALL: [Stage; 5] = [Stage::MotionRigid, Stage::MotionPw, Stage::Cnmf, Stage::Online, Stage::Pipeline];
 
     /// The stage's name on command lines and in grid files.
     pub fn name(self) -> &'static str {
@@ -79,6 +95,7 @@ impl Stage {
             Stage::MotionPw => "motion-pw",
             Stage::Cnmf => "cnmf",
             Stage::Online => "online",
+            Stage::Pipeline => "pipeline",
         }
     }
 
@@ -96,9 +113,19 @@ impl Stage {
         }
     }
 
-    /// Whether this is a motion-correction stage.
+    /// Whether this is a motion-correction stage (motion correction alone).
     pub fn is_motion(self) -> bool {
         matches!(self, Stage::MotionRigid | Stage::MotionPw)
+    }
+
+    /// Whether the stage runs motion correction (and so reads the `motion` group).
+    pub fn uses_motion(self) -> bool {
+        self.is_motion() || self == Stage::Pipeline
+    }
+
+    /// Whether the stage runs CNMF or OnACID (and so reads the CNMF groups).
+    pub fn uses_cnmf(self) -> bool {
+        matches!(self, Stage::Cnmf | Stage::Online | Stage::Pipeline)
     }
 }
 
@@ -155,6 +182,10 @@ pub struct MotionKnobs {
     /// Patch overlap on both axes (`overlaps`), piecewise runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlaps: Option<usize>,
+    /// Piecewise rigid (`pw_rigid`), `pipeline` points only (the motion stages are rigid or
+    /// piecewise by name); `None` keeps the base parameters' value, else rigid (CaImAn's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pw_rigid: Option<bool>,
 }
 
 /// CNMF settings a point may override; `None` keeps the base parameters' value.
@@ -233,11 +264,13 @@ impl PreparedMovie {
 pub struct Accuracy {
     /// Motion: RMS error of the applied shifts against the true shifts to apply, in pixels, after
     /// removing the median offset per axis (the template's position is arbitrary): the rigid shifts
-    /// for `motion-rigid`; every patch's shifts against the true displacement at the patch centre
-    /// (median removed per patch and axis) for `motion-pw`.
+    /// for `motion-rigid` (and a rigid `pipeline`); every patch's shifts against the true
+    /// displacement at the patch centre (median removed per patch and axis) for `motion-pw` (and a
+    /// piecewise-rigid `pipeline`).
     pub shift_rms_px: Option<f64>,
     /// CNMF: F1 of the accepted components against the neurons centred in the field of view
-    /// (CaImAn's `nf_match_neurons_in_binary_masks`, IoU cost 0.7).
+    /// (CaImAn's `nf_match_neurons_in_binary_masks`, IoU cost 0.7); for `pipeline`, with the truth
+    /// placed at the motion template's offset.
     pub f1: Option<f64>,
     /// CNMF: precision of that matching.
     pub precision: Option<f64>,
@@ -297,7 +330,8 @@ pub struct PointResult {
     pub scratch_bytes: u64,
     /// Accuracy against the ground truth.
     pub accuracy: Accuracy,
-    /// Seconds of the stage's parts (passes of motion correction; transpose and CNMF steps).
+    /// Seconds of the stage's parts (passes of motion correction; transpose and CNMF steps; all of
+    /// them, motion parts prefixed `motion `, for `pipeline`).
     pub parts: Vec<(String, f64)>,
     /// Motion: crispness of the corrected mean image (CaImAn's metric; higher is sharper).
     pub crispness: Option<f64>,
@@ -487,55 +521,64 @@ fn set(v: &mut Value, group: &str, key: &str, value: Value) {
     v[group][key] = value;
 }
 
-/// The point's effective parameters: `base` with the point's overrides applied.
+/// The point's effective parameters: `base` with the point's overrides applied — the `motion`
+/// group for the stages that run motion correction, the CNMF groups for those that run CNMF or
+/// OnACID (both for `pipeline`).
 pub fn effective_params(cfg: &PointConfig, prepared: &PreparedMovie, base: &Value) -> Value {
     let mut v = base.clone();
-    match cfg.stage {
-        Stage::MotionRigid | Stage::MotionPw => {
-            set(&mut v, "motion", "pw_rigid", json!(cfg.stage == Stage::MotionPw));
-            if let Some(n) = cfg.motion.num_frames_split {
-                set(&mut v, "motion", "num_frames_split", json!(n));
-            }
-            if let Some(s) = cfg.motion.strides {
-                set(&mut v, "motion", "strides", json!([s, s]));
-            }
-            if let Some(o) = cfg.motion.overlaps {
-                set(&mut v, "motion", "overlaps", json!([o, o]));
-            }
+    if cfg.stage.uses_motion() {
+        let pw = match cfg.stage {
+            Stage::MotionPw => true,
+            Stage::Pipeline => cfg
+                .motion
+                .pw_rigid
+                .or_else(|| base.pointer("/motion/pw_rigid").and_then(Value::as_bool))
+                .unwrap_or(false),
+            _ => false,
+        };
+        set(&mut v, "motion", "pw_rigid", json!(pw));
+        if let Some(n) = cfg.motion.num_frames_split {
+            set(&mut v, "motion", "num_frames_split", json!(n));
         }
-        Stage::Cnmf | Stage::Online => {
-            let rf = cfg.cnmf.rf.or_else(|| base.pointer("/patch/rf").and_then(Value::as_u64).map(|r| r as usize));
-            match rf {
-                Some(0) => {
-                    set(&mut v, "patch", "rf", Value::Null);
-                    set(&mut v, "patch", "stride", Value::Null);
-                }
-                Some(r) => {
-                    set(&mut v, "patch", "rf", json!(r));
-                    if let Some(s) = cfg.cnmf.stride {
-                        set(&mut v, "patch", "stride", json!(s));
-                    }
-                }
-                None => {}
+        if let Some(s) = cfg.motion.strides {
+            set(&mut v, "motion", "strides", json!([s, s]));
+        }
+        if let Some(o) = cfg.motion.overlaps {
+            set(&mut v, "motion", "overlaps", json!([o, o]));
+        }
+    }
+    if cfg.stage.uses_cnmf() {
+        let rf = cfg.cnmf.rf.or_else(|| base.pointer("/patch/rf").and_then(Value::as_u64).map(|r| r as usize));
+        match rf {
+            Some(0) => {
+                set(&mut v, "patch", "rf", Value::Null);
+                set(&mut v, "patch", "stride", Value::Null);
             }
-            let k = cfg.cnmf.k.or_else(|| {
-                // Only without a base file: a user's file keeps its own K.
-                if cfg.params.is_some() {
-                    return None;
+            Some(r) => {
+                set(&mut v, "patch", "rf", json!(r));
+                if let Some(s) = cfg.cnmf.stride {
+                    set(&mut v, "patch", "stride", json!(s));
                 }
-                let s = prepared.synth.as_ref()?;
-                Some(match rf {
-                    Some(r) if r > 0 => {
-                        let area = ((2 * r + 1) as f64).powi(2);
-                        let density = s.n_neurons as f64 / (s.dims[0] * s.dims[1]) as f64;
-                        ((2.0 * density * area).ceil() as usize).max(2)
-                    }
-                    _ => s.n_neurons,
-                })
-            });
-            if let Some(k) = k {
-                set(&mut v, "init", "K", json!(k));
             }
+            None => {}
+        }
+        let k = cfg.cnmf.k.or_else(|| {
+            // Only without a base file: a user's file keeps its own K.
+            if cfg.params.is_some() {
+                return None;
+            }
+            let s = prepared.synth.as_ref()?;
+            Some(match rf {
+                Some(r) if r > 0 => {
+                    let area = ((2 * r + 1) as f64).powi(2);
+                    let density = s.n_neurons as f64 / (s.dims[0] * s.dims[1]) as f64;
+                    ((2.0 * density * area).ceil() as usize).max(2)
+                }
+                _ => s.n_neurons,
+            })
+        });
+        if let Some(k) = k {
+            set(&mut v, "init", "K", json!(k));
         }
     }
     v
@@ -632,16 +675,16 @@ pub fn run_point(cfg: &PointConfig) -> Result<PointResult, PointError> {
         .tempdir_in(&cfg.scratch_dir)
         .map_err(io_err(&cfg.scratch_dir))?;
 
-    let movie = if cfg.stage.is_motion() { prepared.motion_movie.clone() } else { prepared.cnmf_movie.clone() };
+    let movie = if cfg.stage.uses_motion() { prepared.motion_movie.clone() } else { prepared.cnmf_movie.clone() };
     // Check the parameters before the clock starts.
-    let motion_params = if cfg.stage.is_motion() {
+    let motion_params = if cfg.stage.uses_motion() {
         let (p, _) = MotionParams::from_caiman_json(&params_text)
             .map_err(|e| PointError::Config(format!("motion parameters: {e}")))?;
         Some(p)
     } else {
         None
     };
-    let cnmf_params = if matches!(cfg.stage, Stage::Cnmf | Stage::Online) {
+    let cnmf_params = if cfg.stage.uses_cnmf() {
         let (mut p, _) = CnmfParams::from_caiman_json(&params_text)
             .map_err(|e| PointError::Config(format!("CNMF parameters: {e}")))?;
         let mut dims = vec![prepared.dims[0], prepared.dims[1]];
@@ -659,11 +702,12 @@ pub fn run_point(cfg: &PointConfig) -> Result<PointResult, PointError> {
     let started = Instant::now();
     let exec = cfg.backend.build()?;
     let inner = exec.inner_threads().clone();
-    let outcome = match (motion_params, cnmf_params) {
-        (Some(p), _) => run_motion(&movie, p, &prepared, scratch.path(), &exec)?,
-        (None, Some(p)) if cfg.stage == Stage::Online => run_online(&movie, p, &prepared, &exec)?,
-        (None, Some(p)) => run_cnmf(&movie, p, &prepared, scratch.path(), &exec)?,
-        (None, None) => return Err(PointError::Config(format!("stage {} has no runner", cfg.stage.name()))),
+    let outcome = match (cfg.stage, motion_params, cnmf_params) {
+        (Stage::Pipeline, Some(m), Some(c)) => run_batch_pipeline(&movie, m, c, &prepared, scratch.path(), &exec)?,
+        (Stage::MotionRigid | Stage::MotionPw, Some(p), _) => run_motion(&movie, p, &prepared, scratch.path(), &exec)?,
+        (Stage::Online, _, Some(p)) => run_online(&movie, p, &prepared, &exec)?,
+        (Stage::Cnmf, _, Some(p)) => run_cnmf(&movie, p, &prepared, scratch.path(), &exec)?,
+        (stage, _, _) => return Err(PointError::Config(format!("stage {} has no runner", stage.name()))),
     };
     let workers_peak = workers_peak_kib(&exec);
     let workers = exec.workers();
@@ -906,6 +950,107 @@ fn run_cnmf(
     })
 }
 
+/// Where the ground-truth scene sits in the motion-corrected movie: per axis, the median over
+/// frames of (the applied rigid shift − the true shift to apply), rounded (a neuron at reference
+/// position `q` appears at `q + offset`).
+fn template_offset(res: &MotionResult, truth: &GroundTruth) -> [isize; 2] {
+    std::array::from_fn(|ax| {
+        let mut d: Vec<f64> =
+            (0..res.shifts_rig.nrows()).map(|t| res.shifts_rig[[t, ax]] - truth.shift_to_apply(t)[ax]).collect();
+        d.sort_by(f64::total_cmp);
+        let med = match d.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => d[n / 2],
+            n => 0.5 * (d[n / 2 - 1] + d[n / 2]),
+        };
+        med.round() as isize
+    })
+}
+
+/// The batch pipeline as `caiman pipeline` runs it (without summary images and output files):
+/// motion correction into an F-order memmap, the F → C transpose of the corrected movie, CNMF.
+fn run_batch_pipeline(
+    movie: &Path,
+    mparams: MotionParams,
+    cparams: CnmfParams,
+    prepared: &PreparedMovie,
+    scratch: &Path,
+    exec: &AnyExecutor,
+) -> Result<StageOutcome, PointError> {
+    let pw = mparams.pw_rigid;
+    let border_copy = mparams.border_nan == BorderNan::Copy;
+    let t0 = Instant::now();
+    let job = MotionJob {
+        inputs: vec![movie.to_path_buf()],
+        open: OpenOptions::default(),
+        output: scratch.join("corrected.mmap"),
+        params: mparams,
+        template: None,
+        // As `caiman pipeline`: through the page cache, where the transpose finds the movie.
+        direct_io: false,
+        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
+    };
+    let res = motion_correct(&job, exec, &mut |_, _, _| {})?;
+    let motion_s = secs(t0.elapsed());
+    let passes_s: f64 = res.passes.iter().map(|p| p.wall_s).sum();
+    let mut parts = vec![("motion setup".to_owned(), (motion_s - passes_s).max(0.0))];
+    parts.extend(res.passes.iter().map(|p| (format!("motion {}", p.name), p.wall_s)));
+    let motion_peak = res.passes.iter().map(|p| p.peak_rss_kib).max().unwrap_or(0);
+
+    let t0 = Instant::now();
+    let border = if border_copy { 0 } else { res.border_to_0 };
+    let c_path = caiman_io::mmap::transpose_f_to_c(
+        &res.output,
+        &scratch.join("movie"),
+        border,
+        TRANSPOSE_BLOCK_BYTES,
+        &mut |_, _| {},
+    )
+    .map_err(movie_err(format!("transposing {}", res.output.display())))?;
+    parts.push(("transpose".to_owned(), secs(t0.elapsed())));
+
+    let src = MmapSource::open(&c_path).map_err(movie_err(format!("mapping {}", c_path.display())))?;
+    let dims = src.info().shape.dims;
+    let fov = Fov { mmap: Some(c_path.as_path()), ..Fov::new(dims, src.yr())? };
+    let out = run_pipeline(&fov, &cparams, exec)?;
+    drop(src);
+    parts.extend(out.report.stages.iter().map(|s| (s.stage.clone(), s.seconds)));
+    let cnmf_peak = out.report.stages.iter().map(|s| s.peak_rss_kib + s.worker_peak_rss_kib).max().unwrap_or(0);
+    let est = out.estimates;
+    let accepted: Vec<usize> = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
+    let components = Some(est.n_components());
+    let n_accepted = Some(accepted.len());
+    let crispness = Some(res.metrics.crispness);
+    let truth = prepared.motion_truth.clone();
+    let score: Option<Scorer> = truth.map(|t| {
+        let est = est.subset(&accepted);
+        Box::new(move || {
+            let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
+            let shift = motion_error(&res, &truth, pw)?;
+            let off = template_offset(&res, &truth);
+            let s = caiman_cnmf::matching::score_against_truth(&est.a, est.c.view(), &truth, off)?;
+            let m = &s.matching;
+            Ok(Accuracy {
+                shift_rms_px: Some(shift),
+                f1: Some(m.f1),
+                precision: Some(m.precision),
+                recall: Some(m.recall),
+                median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
+                gt_neurons: Some(s.gt_neurons.len()),
+            })
+        }) as Scorer
+    });
+    Ok(StageOutcome {
+        parts,
+        reported_peak_kib: motion_peak.max(cnmf_peak),
+        accuracy: Accuracy::default(),
+        crispness,
+        components,
+        accepted: n_accepted,
+        score,
+    })
+}
+
 /// The binary's command line: `caiman-bench-point run CONFIG.json` (or `-` for stdin, or the JSON
 /// itself), `caiman-bench-point prepare INPUT.json CACHE_DIR` (the [`PreparedMovie`]),
 /// `caiman-bench-point stages` (each stage's name → `null`, or why it cannot run). Returns the
@@ -998,7 +1143,7 @@ mod tests {
             scratch_dir: "s".into(),
             backend: Backend::threads(2),
             params: None,
-            motion: MotionKnobs { num_frames_split: Some(50), strides: Some(48), overlaps: Some(24) },
+            motion: MotionKnobs { num_frames_split: Some(50), strides: Some(48), overlaps: Some(24), pw_rigid: None },
             cnmf: CnmfKnobs { rf: Some(15), stride: Some(6), k: None },
         };
         let base = base_params(None, &prepared).unwrap();
@@ -1021,6 +1166,24 @@ mod tests {
         let v = effective_params(&cfg, &prepared, &base);
         assert_eq!(v.pointer("/patch/rf"), Some(&Value::Null));
         assert_eq!(v.pointer("/init/K"), Some(&json!(120)), "whole field of view: every neuron");
+
+        // The pipeline takes both groups: rigid by default (CaImAn's `pw_rigid = False`) …
+        cfg.stage = Stage::Pipeline;
+        cfg.cnmf = CnmfKnobs { rf: Some(20), stride: Some(8), k: Some(4) };
+        let v = effective_params(&cfg, &prepared, &base);
+        let (m, _) = MotionParams::from_caiman_json(&v.to_string()).unwrap();
+        assert!(!m.pw_rigid);
+        assert_eq!(m.num_frames_split, 50);
+        let (p, _) = CnmfParams::from_caiman_json(&v.to_string()).unwrap();
+        assert_eq!((p.patch.rf.as_ref().map(|r| r.get(0)), p.init.k), (Some(20), Some(4)));
+        // … piecewise rigid when the point or the base parameters ask.
+        cfg.motion.pw_rigid = Some(true);
+        assert_eq!(effective_params(&cfg, &prepared, &base).pointer("/motion/pw_rigid"), Some(&json!(true)));
+        cfg.motion.pw_rigid = None;
+        let mut pw_base = base.clone();
+        pw_base["motion"] = json!({"pw_rigid": true});
+        assert_eq!(effective_params(&cfg, &prepared, &pw_base).pointer("/motion/pw_rigid"), Some(&json!(true)));
+        assert!(Stage::Pipeline.uses_motion() && Stage::Pipeline.uses_cnmf() && !Stage::Pipeline.is_motion());
     }
 
     #[test]

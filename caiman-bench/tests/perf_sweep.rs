@@ -5,11 +5,11 @@
 // The tests start the binary under test.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::Path;
-
 use caiman_bench::point::PointResult;
 
-const POINT_BIN: &str = env!("CARGO_BIN_EXE_caiman-bench-point");
+mod common;
+
+use common::POINT_BIN;
 
 /// The fields of one CSV line (RFC 4180 quoting).
 fn csv_fields(line: &str) -> Vec<String> {
@@ -36,9 +36,8 @@ fn sweep_dir() -> tempfile::TempDir {
 #[test]
 fn a_two_point_sweep_writes_parsable_outputs_with_plausible_figures() {
     let dir = sweep_dir();
-    let grid = dir.path().join("grid.toml");
-    std::fs::write(
-        &grid,
+    let (o, out, log) = common::run_sweep(
+        dir.path(),
         r#"
 movie = "synthetic:48x48x120"
 repeats = 1
@@ -49,19 +48,7 @@ strategies = ["processes"]
 workers = [1, 2]
 inner_threads = [1]
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let opts = xtask::sweep::SweepOptions {
-        grid: Some(grid),
-        out: out.clone(),
-        point_bin: Some(POINT_BIN.into()),
-        cache_dir: Some(dir.path().join("cache")),
-        workspace: Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf(),
-        ..Default::default()
-    };
-    let mut log = Vec::new();
-    let o = xtask::sweep::run(&opts, &mut |l| log.push(l.to_owned())).unwrap();
+    );
     assert_eq!(o.points.len(), 2, "{log:#?}");
     for p in &o.points {
         assert!(p.ok(), "{}: {:?}", p.id, p.error);

@@ -8,7 +8,9 @@
 //! key by key, is documented in `docs/perf/README.md` and `cargo xtask perf-sweep --help`.
 //!
 //! Stage-specific axes apply only to their stage: `num_frames_split` to both motion stages,
-//! `motion_patches` to `motion-pw`, `cnmf_patches` to `cnmf`. `linear` always has one worker, so
+//! `motion_patches` to `motion-pw`, `cnmf_patches` to `cnmf`; `pipeline` (motion correction then
+//! CNMF) takes all three — a pipeline point with a motion patch runs piecewise rigid with it,
+//! one without runs the base parameters' motion (rigid by default). `linear` always has one worker, so
 //! it appears once per combination of the other axes whatever `workers` says.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,8 +21,18 @@ use serde::{Deserialize, Serialize};
 
 /// The stages the sweep knows, with whether caiman-bench can run them; keep in step with
 /// `caiman_bench::point::Stage` (the point binary's `stages` command has the last word).
-pub const STAGES: [(&str, Option<&str>); 4] =
-    [("motion-rigid", None), ("motion-pw", None), ("cnmf", None), ("online", None)];
+pub const STAGES: [(&str, Option<&str>); 5] =
+    [("motion-rigid", None), ("motion-pw", None), ("cnmf", None), ("online", None), ("pipeline", None)];
+
+/// Whether `stage` runs motion correction (the motion axes apply to it).
+pub fn stage_has_motion(stage: &str) -> bool {
+    stage.starts_with("motion") || stage == "pipeline"
+}
+
+/// Whether `stage` runs batch CNMF (the CNMF patch axis applies to it).
+pub fn stage_has_cnmf(stage: &str) -> bool {
+    stage == "cnmf" || stage == "pipeline"
+}
 
 /// Strategies of `caiman_parallel::Backend`.
 pub const STRATEGIES: [&str; 3] = ["linear", "threads", "processes"];
@@ -100,7 +112,7 @@ impl CnmfPatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Axes {
-    /// Stages: `motion-rigid` (or `motion`), `motion-pw`, `cnmf`, `online`.
+    /// Stages: `motion-rigid` (or `motion`), `motion-pw`, `cnmf`, `online`, `pipeline`.
     pub stages: Option<Vec<String>>,
     /// `linear`, `threads`, `processes`.
     pub strategies: Option<Vec<String>>,
@@ -259,9 +271,9 @@ pub struct PointSpec {
     pub env: BTreeMap<String, String>,
     /// Motion `num_frames_split` (`None`: the base parameters').
     pub num_frames_split: Option<usize>,
-    /// Motion patches (`motion-pw` only).
+    /// Motion patches (`motion-pw`, and `pipeline`, which then runs piecewise rigid).
     pub motion_patch: Option<MotionPatch>,
-    /// CNMF patches (`cnmf` only; `None`: the base parameters').
+    /// CNMF patches (`cnmf` and `pipeline`; `None`: the base parameters').
     pub cnmf_patch: Option<CnmfPatch>,
 }
 
@@ -296,7 +308,8 @@ impl PointSpec {
             parts.push(format!("chunk={n}"));
         }
         if let Some(p) = self.motion_patch {
-            parts.push(format!("strides={}/overlaps={}", p.strides, p.overlaps));
+            let pw = if self.stage == "pipeline" { "pw " } else { "" };
+            parts.push(format!("{pw}strides={}/overlaps={}", p.strides, p.overlaps));
         }
         if let Some(p) = self.cnmf_patch {
             parts.push(p.label());
@@ -424,14 +437,13 @@ pub fn expand(grid: &Grid, cores: usize, only_stages: Option<&[String]>) -> Resu
                                     THREAD_VARS.join(", ")
                                 );
                             }
-                            let chunks =
-                                if stage.starts_with("motion") { list(&a.num_frames_split) } else { vec![None] };
-                            let mpatches: Vec<Option<MotionPatch>> = if stage == "motion-pw" {
+                            let chunks = if stage_has_motion(&stage) { list(&a.num_frames_split) } else { vec![None] };
+                            let mpatches: Vec<Option<MotionPatch>> = if stage == "motion-pw" || stage == "pipeline" {
                                 a.motion_patches.clone().map_or(vec![None], |v| v.into_iter().map(Some).collect())
                             } else {
                                 vec![None]
                             };
-                            let cpatches: Vec<Option<CnmfPatch>> = if stage == "cnmf" {
+                            let cpatches: Vec<Option<CnmfPatch>> = if stage_has_cnmf(&stage) {
                                 a.cnmf_patches.clone().map_or(vec![None], |v| v.into_iter().map(Some).collect())
                             } else {
                                 vec![None]
@@ -502,7 +514,8 @@ pub fn fmt_bytes(b: u64) -> String {
 
 /// The refusal of `p`, if any: more threads than `max_threads`, or a memory budget below what one
 /// patch (CNMF: `(2·rf+1)² · T · 4 B`, CaImAn's per-patch data; the whole field of view without
-/// patches) or one motion chunk (`num_frames_split` frames in and out, f32) needs. `dims` and
+/// patches) or one motion chunk (`num_frames_split` frames in and out, f32) needs (the larger of
+/// the two for `pipeline`; online points are checked as a motion chunk). `dims` and
 /// `frames` describe the movie; `default_chunk` is the base parameters' `num_frames_split`.
 pub fn refusal(
     p: &PointSpec,
@@ -525,20 +538,24 @@ pub fn refusal(
         ));
     }
     let pixels = (dims[0] * dims[1] * dims[2]) as u64;
-    let (what, need) = if p.stage == "cnmf" {
-        match p.cnmf_patch {
-            Some(c) if c.rf > 0 => {
-                let side = (2 * c.rf + 1).min(dims[0].max(dims[1])) as u64;
-                (
-                    format!("one patch (rf={}: {side}² px × {frames} frames × 4 B)", c.rf),
-                    side * side * frames as u64 * 4,
-                )
-            }
-            _ => (format!("the whole field of view ({pixels} px × {frames} frames × 4 B)"), pixels * frames as u64 * 4),
+    let cnmf_need = || match p.cnmf_patch {
+        Some(c) if c.rf > 0 => {
+            let side = (2 * c.rf + 1).min(dims[0].max(dims[1])) as u64;
+            (format!("one patch (rf={}: {side}² px × {frames} frames × 4 B)", c.rf), side * side * frames as u64 * 4)
         }
-    } else {
+        _ => (format!("the whole field of view ({pixels} px × {frames} frames × 4 B)"), pixels * frames as u64 * 4),
+    };
+    let motion_need = || {
         let n = p.num_frames_split.unwrap_or(default_chunk).min(frames) as u64;
         (format!("one motion chunk ({n} frames × {pixels} px × 4 B, in and out)"), 2 * n * pixels * 4)
+    };
+    let (what, need) = match p.stage.as_str() {
+        "cnmf" => cnmf_need(),
+        "pipeline" => {
+            let (c, m) = (cnmf_need(), motion_need());
+            if c.1 >= m.1 { c } else { m }
+        }
+        _ => motion_need(),
     };
     (need > budget).then(|| {
         format!(
@@ -582,6 +599,45 @@ cnmf_patches = [{ rf = 10, stride = 4 }, { rf = 0 }]
         assert!(pts.iter().all(|(_, p)| p.stage != "motion-rigid" || p.cnmf_patch.is_none()));
         let only = expand(&g, 2, Some(&["cnmf".to_owned()])).unwrap();
         assert_eq!(only.len(), 9);
+    }
+
+    #[test]
+    fn pipeline_points_take_the_motion_and_the_cnmf_axes() {
+        let g = Grid::parse(
+            r#"
+[axes]
+stages = ["pipeline", "motion-rigid", "cnmf"]
+strategies = ["processes"]
+workers = [1, 2]
+num_frames_split = [40, 80]
+motion_patches = [{ strides = 48, overlaps = 24 }]
+cnmf_patches = [{ rf = 20, stride = 8, K = 4 }, { rf = 0 }]
+"#,
+            "test",
+        )
+        .unwrap();
+        let pts = expand(&g, 2, Some(&["pipeline".to_owned()])).unwrap();
+        // 2 workers × 2 chunks × 1 motion patch × 2 CNMF patches.
+        assert_eq!(pts.len(), 8);
+        for (_, p) in &pts {
+            assert!(p.num_frames_split.is_some() && p.motion_patch.is_some() && p.cnmf_patch.is_some(), "{p:?}");
+            assert!(p.settings_label().contains("pw strides=48"), "{}", p.settings_label());
+        }
+        let all = expand(&g, 2, None).unwrap();
+        // motion-rigid: 2 workers × 2 chunks; cnmf: 2 workers × 2 patches.
+        assert_eq!(all.len(), 8 + 4 + 4);
+        assert!(
+            all.iter().all(|(_, p)| p.stage != "motion-rigid" || (p.cnmf_patch.is_none() && p.motion_patch.is_none()))
+        );
+        // The pipeline is refused below the larger of its two needs: one 41² patch × 2000 frames
+        // (13.4 MB) vs one chunk of 40 frames in and out (84 MB) at 512².
+        let p = pts.iter().map(|(_, p)| p).find(|p| p.num_frames_split == Some(40) && p.workers == 1).unwrap();
+        let why = refusal(p, 2, 4, 64 << 20, [512, 512, 1], 2000, 80).unwrap();
+        assert!(why.contains("one motion chunk"), "{why}");
+        assert!(refusal(p, 2, 4, 128 << 20, [512, 512, 1], 2000, 80).is_none());
+        let whole = PointSpec { cnmf_patch: Some(CnmfPatch { rf: 0, stride: None, k: None }), ..p.clone() };
+        let why = refusal(&whole, 2, 4, 128 << 20, [512, 512, 1], 2000, 80).unwrap();
+        assert!(why.contains("whole field of view"), "{why}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ struct PerfSweep {
     /// Sweep a synthetic movie of this size, D1xD2xT (generated once, cached).
     #[arg(long, value_name = "D1xD2xT")]
     synthetic: Option<String>,
-    /// Only these stages (comma-separated): motion-rigid, motion-pw, cnmf, online.
+    /// Only these stages (comma-separated): motion-rigid, motion-pw, cnmf, online, pipeline.
     #[arg(long, value_delimiter = ',')]
     stages: Option<Vec<String>>,
     /// Memory budget (e.g. 16G, 512M): points whose median peak exceeds it are not recommended,
@@ -87,14 +87,14 @@ GRID FILE (TOML)
     shift_tolerance_px = 0.05          # motion: shift RMS error (px) it may add
   Axes, in [axes] (defaults for every block) and in [[sweep]] blocks (name = \"…\" plus axes);
   each block is a Cartesian product, the sweep is the union of the blocks:
-    stages = [\"motion-rigid\", \"motion-pw\", \"cnmf\"]      # default motion-rigid, cnmf
+    stages = [\"motion-rigid\", \"motion-pw\", \"cnmf\"]      # default motion-rigid, cnmf; also online, pipeline
     strategies = [\"linear\", \"threads\", \"processes\"]    # default threads
     workers = [1, 2]                                    # default max(cores - 1, 1); linear is always 1
     inner_threads = [\"auto\", 1, 2]                      # default auto
     thread_env = [{}, { OMP_NUM_THREADS = \"1\" }]        # RAYON/OMP/OPENBLAS/MKL/VECLIB variables
-    num_frames_split = [80, 200]                        # motion chunk size (both motion stages)
-    motion_patches = [{ strides = 48, overlaps = 24 }]  # motion-pw only
-    cnmf_patches = [{ rf = 15, stride = 6 }, { rf = 0 }] # cnmf only; rf = 0: whole field of view;
+    num_frames_split = [80, 200]                        # motion chunk size (motion stages, pipeline)
+    motion_patches = [{ strides = 48, overlaps = 24 }]  # motion-pw; pipeline (then piecewise rigid)
+    cnmf_patches = [{ rf = 15, stride = 6 }, { rf = 0 }] # cnmf, pipeline; rf = 0: whole field of view;
                                                         # optional K = components per patch
   Missing stage-specific axes keep the base parameters' values. See docs/perf/README.md.";
 

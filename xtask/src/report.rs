@@ -122,12 +122,13 @@ fn runs_csv(o: &SweepOutcome) -> String {
     s
 }
 
-/// Patch side in pixels for the memory/accuracy plots: `2·rf + 1` (CNMF), `strides + overlaps`
-/// (motion); the whole field of view is plotted at the frame's larger side.
+/// Patch side in pixels for the memory/accuracy plots: `2·rf + 1` (CNMF and the pipeline, whose
+/// memory CNMF's patches drive), `strides + overlaps` (motion); the whole field of view is plotted
+/// at the frame's larger side.
 fn patch_side(p: &PointOutcome, dims: [usize; 3]) -> Option<f64> {
     match (p.spec.stage.as_str(), p.spec.cnmf_patch, p.spec.motion_patch) {
-        ("cnmf", Some(c), _) if c.rf > 0 => Some((2 * c.rf + 1) as f64),
-        ("cnmf", _, _) => Some(dims[0].max(dims[1]) as f64),
+        ("cnmf" | "pipeline", Some(c), _) if c.rf > 0 => Some((2 * c.rf + 1) as f64),
+        ("cnmf" | "pipeline", _, _) => Some(dims[0].max(dims[1]) as f64),
         ("motion-pw", _, Some(m)) => Some((m.strides + m.overlaps) as f64),
         _ => None,
     }
@@ -236,7 +237,8 @@ fn plots(dir: &Path, o: &SweepOutcome) -> Result<Vec<(String, String)>> {
                 Style::LineMarkers,
             );
             let name = format!("memory_vs_patch_{stage}.png");
-            let side_what = if stage == "cnmf" {
+            let cnmf_like = stage == "cnmf" || stage == "pipeline";
+            let side_what = if cnmf_like {
                 "patch side 2rf+1 px (whole FOV at frame size)"
             } else {
                 "patch side strides+overlaps px"
@@ -253,7 +255,7 @@ fn plots(dir: &Path, o: &SweepOutcome) -> Result<Vec<(String, String)>> {
             .save(&dir.join(&name))?;
             out.push((name, format!("{stage}: median peak RSS (parent + workers) against patch size, one line per execution configuration; the dashed line is the memory budget when it is in range.")));
 
-            let acc_keys: &[(&str, &str)] = if stage == "cnmf" {
+            let acc_keys: &[(&str, &str)] = if cnmf_like {
                 &[
                     ("f1", "F1"),
                     ("median_trace_corr", "median trace r"),
@@ -285,10 +287,10 @@ fn plots(dir: &Path, o: &SweepOutcome) -> Result<Vec<(String, String)>> {
                 Chart {
                     title: format!("{stage}: accuracy vs patch size (ground truth)"),
                     x_label: side_what.into(),
-                    y_label: if stage == "cnmf" { "score".into() } else { "px".into() },
+                    y_label: if cnmf_like { "score".into() } else { "px".into() },
                     series,
                     h_line: None,
-                    y_from_zero: stage != "cnmf",
+                    y_from_zero: !cnmf_like,
                 }
                 .render(900, 560)
                 .save(&dir.join(&name))?;
@@ -370,6 +372,12 @@ fn markdown(o: &SweepOutcome, figures: &[(String, String)]) -> String {
                 "\n`recommended_params.json` holds the CaImAn groups the chosen points ran with (motion group from the \
                  motion point, the CNMF groups from the CNMF point); `recommended_backend.txt` the `--backend` value; \
                  `recommended.sh` the command above."
+            );
+        }
+        None if !o.points.iter().any(|p| matches!(p.spec.stage.as_str(), "motion-rigid" | "motion-pw" | "cnmf")) => {
+            let _ = writeln!(
+                s,
+                "None: the recommendation combines the separately swept stages (motion-rigid or motion-pw, and cnmf),                  and this sweep measured none of them."
             );
         }
         None => {

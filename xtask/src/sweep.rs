@@ -345,6 +345,10 @@ fn point_config(p: &PointSpec, input: &Value, cache: &Path, scratch: &Path, para
     if let Some(m) = p.motion_patch {
         motion["strides"] = json!(m.strides);
         motion["overlaps"] = json!(m.overlaps);
+        if p.stage == "pipeline" {
+            // A motion patch on a pipeline point means piecewise rigid with it.
+            motion["pw_rigid"] = json!(true);
+        }
     }
     let mut cnmf = json!({});
     if let Some(c) = p.cnmf_patch {
@@ -608,17 +612,20 @@ pub fn run(opts: &SweepOptions, log: &mut dyn FnMut(&str)) -> Result<SweepOutcom
     Ok(outcome)
 }
 
-/// `F1 0.91, trace r 0.98` or `shift RMS 0.12 px`.
+/// `F1 0.91, trace r 0.98`, `shift RMS 0.12 px`, or both (`pipeline`).
 pub fn accuracy_label(acc: &BTreeMap<String, f64>) -> Option<String> {
-    if let Some(s) = acc.get("shift_rms_px") {
-        return Some(format!("shift RMS {s:.3} px"));
+    let shift = acc.get("shift_rms_px").map(|s| format!("shift RMS {s:.3} px"));
+    let cnmf = acc.get("f1").map(|f1| {
+        let mut s = format!("F1 {f1:.3}");
+        if let Some(c) = acc.get("median_trace_corr") {
+            s.push_str(&format!(", trace r {c:.3}"));
+        }
+        s
+    });
+    match (shift, cnmf) {
+        (Some(s), Some(c)) => Some(format!("{c}; {s}")),
+        (s, c) => s.or(c),
     }
-    let f1 = acc.get("f1")?;
-    let mut s = format!("F1 {f1:.3}");
-    if let Some(c) = acc.get("median_trace_corr") {
-        s.push_str(&format!(", trace r {c:.3}"));
-    }
-    Some(s)
 }
 
 fn summarise(block: String, spec: PointSpec, runs: Vec<Run>, error: Option<String>, budget: u64) -> PointOutcome {
@@ -656,7 +663,8 @@ fn summarise(block: String, spec: PointSpec, runs: Vec<Run>, error: Option<Strin
 }
 
 /// Marks each point accurate or not against the best of its stage: CNMF by F1 (higher is better)
-/// and median trace correlation, motion by shift RMS error (lower is better).
+/// and median trace correlation, motion by shift RMS error (lower is better); a point scored on
+/// both (`pipeline`) must pass both.
 fn judge_accuracy(points: &mut [PointOutcome], g: &Grid) {
     let stages: Vec<String> = points.iter().map(|p| p.spec.stage.clone()).collect();
     for stage in stages {
@@ -669,16 +677,23 @@ fn judge_accuracy(points: &mut [PointOutcome], g: &Grid) {
             (best("f1", true), best("median_trace_corr", true), best("shift_rms_px", false));
         for &i in &ok {
             let a = &points[i].accuracy;
-            points[i].accurate = if let (Some(b), Some(v)) = (best_shift, a.get("shift_rms_px")) {
-                Some(*v <= b + g.shift_tolerance_px)
-            } else if let (Some(b), Some(v)) = (best_f1, a.get("f1")) {
-                let corr_ok = match (best_corr, a.get("median_trace_corr")) {
-                    (Some(bc), Some(c)) => *c >= bc - g.trace_corr_tolerance,
-                    _ => true,
-                };
-                Some(*v >= b - g.f1_tolerance && corr_ok)
-            } else {
-                None
+            let shift_ok = match (best_shift, a.get("shift_rms_px")) {
+                (Some(b), Some(v)) => Some(*v <= b + g.shift_tolerance_px),
+                _ => None,
+            };
+            let cnmf_ok = match (best_f1, a.get("f1")) {
+                (Some(b), Some(v)) => {
+                    let corr_ok = match (best_corr, a.get("median_trace_corr")) {
+                        (Some(bc), Some(c)) => *c >= bc - g.trace_corr_tolerance,
+                        _ => true,
+                    };
+                    Some(*v >= b - g.f1_tolerance && corr_ok)
+                }
+                _ => None,
+            };
+            points[i].accurate = match (shift_ok, cnmf_ok) {
+                (Some(s), Some(c)) => Some(s && c),
+                (s, c) => s.or(c),
             };
         }
     }
@@ -869,6 +884,24 @@ mod tests {
         assert_eq!(r.backend, "processes:2");
         assert!(r.per_stage["cnmf"].contains("rf=25"), "{:?}", r.per_stage);
         assert_eq!(r.params["patch"]["rf"], json!(25));
+    }
+
+    #[test]
+    fn a_pipeline_point_must_keep_both_its_shift_error_and_its_f1() {
+        let g = Grid { f1_tolerance: 0.02, shift_tolerance_px: 0.05, trace_corr_tolerance: 0.02, ..Grid::default() };
+        let pipeline = |f1: f64, shift: f64| {
+            let mut p = outcome("pipeline", "threads", 2, 20, 30.0, 500, f1);
+            p.accuracy = [("f1".to_owned(), f1), ("shift_rms_px".to_owned(), shift)].into();
+            p
+        };
+        // Best F1 0.90, best shift 0.20 px: the second loses F1, the third shift accuracy.
+        let mut pts = vec![pipeline(0.90, 0.20), pipeline(0.80, 0.20), pipeline(0.90, 0.40), pipeline(0.89, 0.24)];
+        judge_accuracy(&mut pts, &g);
+        let judged: Vec<Option<bool>> = pts.iter().map(|p| p.accurate).collect();
+        assert_eq!(judged, [Some(true), Some(false), Some(false), Some(true)]);
+        assert_eq!(accuracy_label(&pts[0].accuracy).unwrap(), "F1 0.900; shift RMS 0.200 px");
+        // The recommendation combines separately swept stages, so a pipeline-only sweep has none.
+        assert!(recommend(&pts, &g).is_none());
     }
 
     #[test]
