@@ -597,12 +597,41 @@ pub fn c_order_memmap(
     Ok((w.finish()?, false))
 }
 
+/// View an `f32` slice as its bytes (to read stored values straight into it).
+fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: the view covers exactly the slice's memory (`size_of_val` bytes), `u8` has alignment
+    // 1, the borrow is exclusive for the view's lifetime, and every bit pattern is a valid `f32`.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// Values read as native bytes from a little-endian file: fix their byte order in place (a no-op
+/// on little-endian machines).
+fn from_le_in_place(v: &mut [f32]) {
+    if cfg!(target_endian = "big") {
+        v.iter_mut().for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
+    }
+}
+
+/// The little-endian bytes of `v`: its own memory on little-endian machines, else a converted
+/// copy in `scratch`.
+fn le_bytes<'a>(v: &'a [f32], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    if cfg!(target_endian = "little") {
+        // SAFETY: the view covers exactly the slice's memory and `u8` has alignment 1; the
+        // shared borrow keeps it alive and unchanged.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    } else {
+        scratch.clear();
+        scratch.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        scratch
+    }
+}
+
 /// Copies the F-order memmap `src` (frames contiguous) to a C-order memmap named after `base`
 /// (pixel rows contiguous), pixel block by pixel block: each block of pixel rows (at most
 /// `block_bytes`) is gathered from tiles of frames with positioned reads, zeroed where it lies
 /// within `border_to_0` pixels of the frame's edge (rows and columns, as CaImAn's
-/// `save_memmap`), and written with positioned writes of about 4 MiB (memory: the block, a 4 MiB
-/// tile of frames and a 4 MiB write buffer). `progress(done, total)` hears about
+/// `save_memmap`), and written with one positioned write (memory: the block and a 4 MiB tile of
+/// frames; transposed in 16 × 16 squares for the caches). `progress(done, total)` hears about
 /// pixel blocks. This is the one copy CNMF needs after motion correction (CaImAn's
 /// `save_memmap(order='C')`, without its `+0.0001` and its intermediate copies).
 ///
@@ -638,39 +667,42 @@ pub fn transpose_f_to_c(
     // A tile of frames: up to 64 frames of the block's pixels (bounded by 4 MiB).
     let tile_frames = (4usize << 20).div_ceil(4 * rows_per_block).clamp(1, 64).min(t_len);
     let mut block = vec![0f32; rows_per_block * t_len];
-    let mut tile = vec![0u8; tile_frames * rows_per_block * 4];
+    let mut tile = vec![0f32; tile_frames * rows_per_block];
     let mut bytes: Vec<u8> = Vec::new();
     let b = border_to_0;
     let in_border = |p: usize| {
         let (i, j) = (p % dims.d1, (p / dims.d1) % dims.d2);
         b > 0 && (i < b || j < b || i + b >= dims.d1 || j + b >= dims.d2)
     };
+    // Pixels are transposed in squares of SQ × SQ (frames × pixels) so that both the tile's rows
+    // and the block's rows are walked in cache lines.
+    const SQ: usize = 16;
     for (bi, p0) in (0..d).step_by(rows_per_block).enumerate() {
         let np = rows_per_block.min(d - p0);
         for t0 in (0..t_len).step_by(tile_frames) {
             let nt = tile_frames.min(t_len - t0);
             for dt in 0..nt {
                 let off = ((t0 + dt) * d + p0) as u64 * 4;
-                input.read_exact_at(&mut tile[dt * np * 4..(dt + 1) * np * 4], off).at(src)?;
+                let row = &mut tile[dt * np..(dt + 1) * np];
+                input.read_exact_at(f32_bytes_mut(row), off).at(src)?;
+                from_le_in_place(row);
             }
-            for k in 0..np {
-                let row = &mut block[k * t_len + t0..k * t_len + t0 + nt];
-                for (dt, v) in row.iter_mut().enumerate() {
-                    let at = (dt * np + k) * 4;
-                    *v = f32::from_le_bytes([tile[at], tile[at + 1], tile[at + 2], tile[at + 3]]);
+            for k0 in (0..np).step_by(SQ) {
+                for dt0 in (0..nt).step_by(SQ) {
+                    for k in k0..(k0 + SQ).min(np) {
+                        let row = &mut block[k * t_len + t0..k * t_len + t0 + nt];
+                        for dt in dt0..(dt0 + SQ).min(nt) {
+                            row[dt] = tile[dt * np + k];
+                        }
+                    }
                 }
             }
         }
         for k in (0..np).filter(|&k| in_border(p0 + k)) {
             block[k * t_len..(k + 1) * t_len].fill(0.0);
         }
-        // Pixel rows are contiguous in order C: write the block in pieces of about 4 MiB.
-        let piece = (1usize << 20).max(t_len);
-        for (c, vals) in block[..np * t_len].chunks(piece).enumerate() {
-            bytes.clear();
-            bytes.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
-            out.write_all_at(&bytes, (p0 * t_len + c * piece) as u64 * 4).at(pending.tmp_path())?;
-        }
+        // Pixel rows are contiguous in order C: one write for the block.
+        out.write_all_at(le_bytes(&block[..np * t_len], &mut bytes), (p0 * t_len) as u64 * 4).at(pending.tmp_path())?;
         progress(bi + 1, n_blocks);
     }
     drop(out);
