@@ -767,16 +767,8 @@ fn run_motion(
     exec: &AnyExecutor,
 ) -> Result<StageOutcome, PointError> {
     let pw = params.pw_rigid;
-    let job = MotionJob {
-        inputs: vec![movie.to_path_buf()],
-        open: OpenOptions::default(),
-        output: scratch.join("corrected.mmap"),
-        params,
-        template: None,
-        direct_io: true,
-        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
-    };
-    let res = motion_correct(&job, exec, &mut |_, _, _| {})?;
+    // As `caiman motion-correct`: nothing reads the output back, so it bypasses the page cache.
+    let res = correct_into_scratch(movie, params, scratch, exec, true)?;
     let parts = res.passes.iter().map(|p| (p.name.clone(), p.wall_s)).collect();
     let reported_peak_kib = res.passes.iter().map(|p| p.peak_rss_kib).max().unwrap_or(0);
     let crispness = Some(res.metrics.crispness);
@@ -796,6 +788,27 @@ fn run_motion(
         accepted: None,
         score,
     })
+}
+
+/// Motion-corrects `movie` into `scratch/corrected.mmap` (F order), `direct_io` as
+/// [`MotionJob::direct_io`].
+fn correct_into_scratch(
+    movie: &Path,
+    params: MotionParams,
+    scratch: &Path,
+    exec: &AnyExecutor,
+    direct_io: bool,
+) -> Result<MotionResult, PointError> {
+    let job = MotionJob {
+        inputs: vec![movie.to_path_buf()],
+        open: OpenOptions::default(),
+        output: scratch.join("corrected.mmap"),
+        params,
+        template: None,
+        direct_io,
+        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
+    };
+    Ok(motion_correct(&job, exec, &mut |_, _, _| {})?)
 }
 
 /// RMS of `d − median(d)` over a sample.
@@ -871,17 +884,53 @@ fn truth_score(prepared: &PreparedMovie, est: caiman_cnmf::estimates::Estimates)
     let t = prepared.cnmf_truth.clone()?;
     Some(Box::new(move || {
         let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
-        let s = caiman_cnmf::matching::score_against_truth(&est.a, est.c.view(), &truth, [0, 0])?;
-        let m = &s.matching;
-        Ok(Accuracy {
-            f1: Some(m.f1),
-            precision: Some(m.precision),
-            recall: Some(m.recall),
-            median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
-            gt_neurons: Some(s.gt_neurons.len()),
-            ..Accuracy::default()
-        })
+        cnmf_accuracy(&est, &truth, [0, 0])
     }))
+}
+
+/// F1, precision, recall and the median correlation of matched traces of `est` against the
+/// ground truth moved by `offset` pixels.
+fn cnmf_accuracy(
+    est: &caiman_cnmf::estimates::Estimates,
+    truth: &GroundTruth,
+    offset: [isize; 2],
+) -> Result<Accuracy, PointError> {
+    let s = caiman_cnmf::matching::score_against_truth(&est.a, est.c.view(), truth, offset)?;
+    let m = &s.matching;
+    Ok(Accuracy {
+        f1: Some(m.f1),
+        precision: Some(m.precision),
+        recall: Some(m.recall),
+        median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
+        gt_neurons: Some(s.gt_neurons.len()),
+        ..Accuracy::default()
+    })
+}
+
+/// What a CNMF run on a C-order memmap hands back to a stage.
+struct CnmfRun {
+    /// CNMF's stages and their seconds.
+    parts: Vec<(String, f64)>,
+    /// Largest per-stage peak RSS (parent + workers) CNMF reported, KiB.
+    peak_kib: u64,
+    /// Components after refit.
+    components: usize,
+    /// The accepted components (all when nothing was evaluated).
+    accepted: caiman_cnmf::estimates::Estimates,
+}
+
+/// CNMF (patches when `rf` is set) → refit → evaluation → ΔF/F on the C-order memmap `c_path`.
+fn cnmf_on_memmap(c_path: &Path, params: &CnmfParams, exec: &AnyExecutor) -> Result<CnmfRun, PointError> {
+    let src = MmapSource::open(c_path).map_err(movie_err(format!("mapping {}", c_path.display())))?;
+    let dims = src.info().shape.dims;
+    let fov = Fov { mmap: Some(c_path), ..Fov::new(dims, src.yr())? };
+    let out = run_pipeline(&fov, params, exec)?;
+    drop(src);
+    let parts = out.report.stages.iter().map(|s| (s.stage.clone(), s.seconds)).collect();
+    let peak_kib = out.report.stages.iter().map(|s| s.peak_rss_kib + s.worker_peak_rss_kib).max().unwrap_or(0);
+    let est = out.estimates;
+    let keep: Vec<usize> = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
+    Ok(CnmfRun { parts, peak_kib, components: est.n_components(), accepted: est.subset(&keep) })
 }
 
 /// A deferred accuracy computation (run after the clock stops).
@@ -927,26 +976,16 @@ fn run_cnmf(
     let t0 = Instant::now();
     let c_path = c_order_copy(movie, scratch)?;
     let mut parts = vec![("c-order copy".to_owned(), secs(t0.elapsed()))];
-    let src = MmapSource::open(&c_path).map_err(movie_err(format!("mapping {}", c_path.display())))?;
-    let dims = src.info().shape.dims;
-    let fov = Fov { mmap: Some(c_path.as_path()), ..Fov::new(dims, src.yr())? };
-    let out = run_pipeline(&fov, &params, exec)?;
-    drop(src);
-    parts.extend(out.report.stages.iter().map(|s| (s.stage.clone(), s.seconds)));
-    let reported_peak_kib = out.report.stages.iter().map(|s| s.peak_rss_kib + s.worker_peak_rss_kib).max().unwrap_or(0);
-    let est = out.estimates;
-    let accepted: Vec<usize> = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
-    let components = Some(est.n_components());
-    let n_accepted = Some(accepted.len());
-    let score = truth_score(prepared, est.subset(&accepted));
+    let run = cnmf_on_memmap(&c_path, &params, exec)?;
+    parts.extend(run.parts);
     Ok(StageOutcome {
         parts,
-        reported_peak_kib,
+        reported_peak_kib: run.peak_kib,
         accuracy: Accuracy::default(),
         crispness: None,
-        components,
-        accepted: n_accepted,
-        score,
+        components: Some(run.components),
+        accepted: Some(run.accepted.n_components()),
+        score: truth_score(prepared, run.accepted),
     })
 }
 
@@ -980,17 +1019,8 @@ fn run_batch_pipeline(
     let pw = mparams.pw_rigid;
     let border_copy = mparams.border_nan == BorderNan::Copy;
     let t0 = Instant::now();
-    let job = MotionJob {
-        inputs: vec![movie.to_path_buf()],
-        open: OpenOptions::default(),
-        output: scratch.join("corrected.mmap"),
-        params: mparams,
-        template: None,
-        // As `caiman pipeline`: through the page cache, where the transpose finds the movie.
-        direct_io: false,
-        template_memory: caiman_motion::template::DEFAULT_TEMPLATE_MEMORY,
-    };
-    let res = motion_correct(&job, exec, &mut |_, _, _| {})?;
+    // As `caiman pipeline`: through the page cache, where the transpose finds the movie.
+    let res = correct_into_scratch(movie, mparams, scratch, exec, false)?;
     let motion_s = secs(t0.elapsed());
     let passes_s: f64 = res.passes.iter().map(|p| p.wall_s).sum();
     let mut parts = vec![("motion setup".to_owned(), (motion_s - passes_s).max(0.0))];
@@ -1009,44 +1039,27 @@ fn run_batch_pipeline(
     .map_err(movie_err(format!("transposing {}", res.output.display())))?;
     parts.push(("transpose".to_owned(), secs(t0.elapsed())));
 
-    let src = MmapSource::open(&c_path).map_err(movie_err(format!("mapping {}", c_path.display())))?;
-    let dims = src.info().shape.dims;
-    let fov = Fov { mmap: Some(c_path.as_path()), ..Fov::new(dims, src.yr())? };
-    let out = run_pipeline(&fov, &cparams, exec)?;
-    drop(src);
-    parts.extend(out.report.stages.iter().map(|s| (s.stage.clone(), s.seconds)));
-    let cnmf_peak = out.report.stages.iter().map(|s| s.peak_rss_kib + s.worker_peak_rss_kib).max().unwrap_or(0);
-    let est = out.estimates;
-    let accepted: Vec<usize> = est.idx_components.clone().unwrap_or_else(|| (0..est.n_components()).collect());
-    let components = Some(est.n_components());
-    let n_accepted = Some(accepted.len());
+    let run = cnmf_on_memmap(&c_path, &cparams, exec)?;
+    parts.extend(run.parts);
+    let (components, accepted) = (Some(run.components), Some(run.accepted.n_components()));
     let crispness = Some(res.metrics.crispness);
-    let truth = prepared.motion_truth.clone();
-    let score: Option<Scorer> = truth.map(|t| {
-        let est = est.subset(&accepted);
+    let est = run.accepted;
+    let score: Option<Scorer> = prepared.motion_truth.clone().map(|t| {
         Box::new(move || {
             let truth = GroundTruth::load(&t).map_err(movie_err(format!("ground truth {}", t.display())))?;
             let shift = motion_error(&res, &truth, pw)?;
-            let off = template_offset(&res, &truth);
-            let s = caiman_cnmf::matching::score_against_truth(&est.a, est.c.view(), &truth, off)?;
-            let m = &s.matching;
-            Ok(Accuracy {
-                shift_rms_px: Some(shift),
-                f1: Some(m.f1),
-                precision: Some(m.precision),
-                recall: Some(m.recall),
-                median_trace_corr: Some(s.median_trace_corr).filter(|v| v.is_finite()),
-                gt_neurons: Some(s.gt_neurons.len()),
-            })
+            // The corrected movie sits where the motion template put it.
+            let acc = cnmf_accuracy(&est, &truth, template_offset(&res, &truth))?;
+            Ok(Accuracy { shift_rms_px: Some(shift), ..acc })
         }) as Scorer
     });
     Ok(StageOutcome {
         parts,
-        reported_peak_kib: motion_peak.max(cnmf_peak),
+        reported_peak_kib: motion_peak.max(run.peak_kib),
         accuracy: Accuracy::default(),
         crispness,
         components,
-        accepted: n_accepted,
+        accepted,
         score,
     })
 }

@@ -29,13 +29,9 @@ fn csv_fields(line: &str) -> Vec<String> {
     out
 }
 
-fn sweep_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("perf-sweep-test-").tempdir().unwrap()
-}
-
 #[test]
 fn a_two_point_sweep_writes_parsable_outputs_with_plausible_figures() {
-    let dir = sweep_dir();
+    let dir = common::sweep_dir("perf-sweep-test-");
     let (o, out, log) = common::run_sweep(
         dir.path(),
         r#"
@@ -118,7 +114,7 @@ inner_threads = [1]
 
 #[test]
 fn a_cnmf_point_finds_the_synthetic_neurons() {
-    let dir = sweep_dir();
+    let dir = common::sweep_dir("perf-sweep-test-");
     let cfg = serde_json::json!({
         "stage": "cnmf",
         "input": {"kind": "synthetic", "d1": 64, "d2": 64, "frames": 200, "seed": 1},
@@ -144,7 +140,7 @@ fn a_cnmf_point_finds_the_synthetic_neurons() {
 
 #[test]
 fn an_online_point_runs_onacid_and_scores_it() {
-    let dir = sweep_dir();
+    let dir = common::sweep_dir("perf-sweep-test-");
     let cfg = serde_json::json!({
         "stage": "online",
         "input": {"kind": "synthetic", "d1": 64, "d2": 64, "frames": 300, "seed": 1},

@@ -18,13 +18,9 @@ use common::POINT_BIN;
 const D: usize = 96;
 const T: usize = 300;
 
-fn sweep_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("pipeline-point-test-").tempdir().unwrap()
-}
-
 #[test]
 fn a_pipeline_sweep_at_1_and_2_workers_times_every_stage_and_scores_both_halves() {
-    let dir = sweep_dir();
+    let dir = common::sweep_dir("pipeline-point-test-");
     let (o, out, log) = common::run_sweep(
         dir.path(),
         &format!(
@@ -93,7 +89,7 @@ cnmf_patches = [{{ rf = 12, stride = 5 }}]
 
 #[test]
 fn a_piecewise_rigid_pipeline_point_runs_the_patch_pass() {
-    let dir = sweep_dir();
+    let dir = common::sweep_dir("pipeline-point-test-");
     let cfg = serde_json::json!({
         "stage": "pipeline",
         "input": {"kind": "synthetic", "d1": D, "d2": D, "frames": T, "seed": 1},

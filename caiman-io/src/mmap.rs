@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::movie::{DType, Dims, Shape};
-use crate::raw::{Bytes, Layout, RawMovie, c_to_f, map_file};
+use crate::raw::{Bytes, Layout, RawMovie, c_to_f, f32_bytes_mut, map_file};
 use crate::source::{Format, FrameSource, SourceInfo, check_request};
 use crate::write::{AtomicFile, FrameCounter, MovieWriter, Order};
 
@@ -595,13 +595,6 @@ pub fn c_order_memmap(
     let mut w = crate::create(base.with_extension("mmap"), shape, &opts)?;
     crate::copy_frames(&mut src, 0..shape.frames, w.as_mut(), &mut |n| progress(CopyStep::Copy, n, shape.frames))?;
     Ok((w.finish()?, false))
-}
-
-/// View an `f32` slice as its bytes (to read stored values straight into it).
-fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
-    // SAFETY: the view covers exactly the slice's memory (`size_of_val` bytes), `u8` has alignment
-    // 1, the borrow is exclusive for the view's lifetime, and every bit pattern is a valid `f32`.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// Values read as native bytes from a little-endian file: fix their byte order in place (a no-op

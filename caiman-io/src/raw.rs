@@ -315,3 +315,10 @@ impl RawMovie {
         vals
     }
 }
+
+/// View an `f32` slice as its bytes, to read stored values straight into it.
+pub(crate) fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: the view covers exactly the slice's memory (`size_of_val` bytes), `u8` has alignment
+    // 1, the borrow is exclusive for the view's lifetime, and every bit pattern is a valid `f32`.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}

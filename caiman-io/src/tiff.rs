@@ -53,6 +53,7 @@ use tiff::decoder::{Decoder, DecodingResult, Limits};
 
 use crate::error::{Error, IoContext, Result};
 use crate::movie::{DType, Dims, Shape, decode_into_f32};
+use crate::raw::f32_bytes_mut;
 use crate::source::{Format, FrameSource, SourceInfo, check_request};
 use crate::write::{AtomicFile, FrameCounter, MovieWriter, TiffSample, WriteOptions};
 
@@ -590,13 +591,6 @@ fn read_header(file: &File, path: &Path, len: u64) -> Result<Header> {
         }
     }
     Ok(hdr)
-}
-
-/// View an f32 slice as its bytes, to read pixel data straight into it.
-fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
-    // SAFETY: the view covers exactly the slice's memory (`size_of_val` bytes), `u8` has alignment
-    // 1, the borrow is exclusive for the view's lifetime, and every bit pattern is a valid `f32`.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// Read `out.len()` values of `dtype` stored contiguously from byte `offset` into `out`.

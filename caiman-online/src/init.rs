@@ -73,19 +73,7 @@ fn init_residuals(est: &mut Estimates, yr: &Array2<f32>, par: caiman_parallel::P
     let atb = a.t_dot(est.b.view())?; // K × nb
     // 1/‖a_k‖² (an all-zero footprint, for which CaImAn divides by zero, gets a zero trace).
     let inv: Vec<f64> = a.col_norms().iter().map(|n| if *n > 0.0 { 1.0 / (n * n) } else { 0.0 }).collect();
-    // Dense copies of the footprints for the overlaps (K is small at initialisation).
-    let d = a.nrows();
-    let mut gram = Array2::<f64>::zeros((k, k));
-    let mut dense = vec![0f64; d];
-    for i in 0..k {
-        let (ri, vi) = a.col(i);
-        ri.iter().zip(vi).for_each(|(&r, &v)| dense[r] = f64::from(v));
-        for j in 0..k {
-            let (rj, vj) = a.col(j);
-            gram[[i, j]] = rj.iter().zip(vj).map(|(&r, &v)| dense[r] * f64::from(v)).sum();
-        }
-        ri.iter().for_each(|&r| dense[r] = 0.0);
-    }
+    let gram = caiman_cnmf::estimates::ab_gram(a); // K × K overlaps a_iᵀa_j
     let t = ya.ncols();
     let mut r = Array2::<f64>::zeros((k, t));
     for i in 0..k {

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 /// The point binary under test.
 pub(crate) const POINT_BIN: &str = env!("CARGO_BIN_EXE_caiman-bench-point");
 
+/// A fresh temporary directory for one sweep, named with `prefix`.
+pub(crate) fn sweep_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().unwrap()
+}
+
 /// Writes `grid_toml` into `dir`, sweeps it (outputs in `dir/out`, movie cache in `dir/cache`)
 /// and returns the outcome, the output directory and the log lines. Panics on a sweep error.
 pub(crate) fn run_sweep(dir: &Path, grid_toml: &str) -> (xtask::sweep::SweepOutcome, PathBuf, Vec<String>) {
