@@ -27,6 +27,10 @@ pub(crate) struct Args {
     /// No motion (rigid and non-rigid amplitudes 0).
     #[arg(long)]
     no_motion: bool,
+    /// Byte order of `.mmap` output: F (frame-major, CaImAn's default) or C (pixel-major, what
+    /// `caiman cnmf` reads in place, without a copy).
+    #[arg(long, default_value = "F")]
+    order: caiman_io::Order,
     /// No noise (no Poisson or read noise, no quantisation).
     #[arg(long)]
     no_noise: bool,
@@ -81,8 +85,11 @@ pub(crate) fn run(args: Args, ui: &Ui) -> Result<()> {
     if args.no_noise {
         params = params.without_noise();
     }
-    let opts =
-        WriteOptions { tiff_sample: if args.u16 { TiffSample::U16 } else { TiffSample::F32 }, ..Default::default() };
+    let opts = WriteOptions {
+        tiff_sample: if args.u16 { TiffSample::U16 } else { TiffSample::F32 },
+        order: args.order,
+        ..Default::default()
+    };
     let bar = ui.frames_bar(params.frames, "synth");
     let (movie, truth) = write_movie_to(&params, &args.output, &opts, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();

@@ -49,6 +49,28 @@ fn synth_then_convert_a_frame_range_then_info() {
     let mut want = vec![0f32; 15 * 32 * 24];
     a.read_frames(10, &mut want).unwrap();
     assert_eq!(b.as_slice(), want.as_slice());
+    // `--order C` writes the pixel-major memmap CNMF reads in place: the same movie.
+    let mm = dir.path().join("s.mmap");
+    let o = caiman(&[
+        "--quiet",
+        "synth",
+        mm.to_str().unwrap(),
+        "--size",
+        "32x24x30",
+        "--seed",
+        "3",
+        "--neurons",
+        "5",
+        "--order",
+        "C",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = dir.path().join("s_d1_32_d2_24_d3_1_order_C_frames_30.mmap");
+    assert_eq!(caiman_io::mmap::MmapName::decode(&c).unwrap().order, caiman_io::Order::C);
+    let c = caiman_io::load(&c, &Default::default()).unwrap();
+    let mut all = vec![0f32; 30 * 32 * 24];
+    a.read_frames(0, &mut all).unwrap();
+    assert_eq!(c.as_slice(), all.as_slice());
 }
 
 #[test]

@@ -59,7 +59,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 use caiman_io::Dims;
-use caiman_io::mmap::MmapSource;
+use caiman_io::mmap::PixelRowReader;
 use caiman_parallel::{Executor, Linear, Par, Registry, RunStats, Task, TaskCtx, TaskError};
 
 use crate::cnmf::{FitReport, main_thread_par};
@@ -393,17 +393,19 @@ impl PatchFit {
                 gather_rows(yr.view(), &runs).ok_or_else(outside)?
             }
             PatchSource::Mmap { path } => {
-                let src = MmapSource::open(path)?;
-                src.advise_random();
-                if src.order() != caiman_io::Order::C {
-                    return Err(Error::InvalidParam(format!(
-                        "{}: patch tasks need a C-order (pixel-major) memmap",
-                        path.display()
-                    )));
+                // Positioned reads of the box's runs of rows, not a map (see `PixelRowReader`).
+                let rdr = PixelRowReader::open(path)?;
+                check_movie((rdr.pixels(), rdr.frames()), self.dims.pixels(), t)?;
+                let mut values = vec![0f32; n * t];
+                let mut at = 0;
+                for &(s, c) in &runs {
+                    if s + c > rdr.pixels() || (at + c) * t > values.len() {
+                        return Err(outside());
+                    }
+                    rdr.read_rows(s, &mut values[at * t..(at + c) * t])?;
+                    at += c;
                 }
-                let yr = src.yr();
-                check_movie(yr.dim(), self.dims.pixels(), t)?;
-                gather_rows(yr, &runs).ok_or_else(outside)?
+                values
             }
         };
         if values.len() != n * t {

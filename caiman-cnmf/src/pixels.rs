@@ -3,10 +3,11 @@
 //! CNMF works on `Yr` (`d × T`, one row per pixel in Fortran order `p = row + d1·col`). The fit
 //! keeps a view of it in memory ([`Fov::yr`]); tasks that work on blocks of pixels (the spatial
 //! update, residuals) receive a [`PixelRows`]: the path of a C-order CaImAn memmap and a pixel
-//! range when the movie lives in one (the worker maps the file itself, so no movie data goes
-//! through the process pipes); a shared handle on the movie when it is held in an [`Arc`] (free
-//! for in-process executors; only the task's rows are serialised for worker processes); or a copy
-//! of the rows otherwise.
+//! range when the movie lives in one (the worker reads its rows from the file itself with
+//! positioned reads — not through a map, whose page-cache folios would add to its resident
+//! memory — so no movie data goes through the process pipes); a shared handle on the movie when
+//! it is held in an [`Arc`] (free for in-process executors; only the task's rows are serialised
+//! for worker processes); or a copy of the rows otherwise.
 //!
 //! What it is not: a movie reader (see `caiman-io`).
 
@@ -18,7 +19,7 @@ use ndarray::{Array2, ArrayView2, s};
 use serde::{Deserialize, Serialize};
 
 use caiman_io::Dims;
-use caiman_io::mmap::MmapSource;
+use caiman_io::mmap::PixelRowReader;
 
 use crate::{Error, Result};
 
@@ -185,26 +186,14 @@ impl PixelRows {
                 Ok(f(view))
             }
             PixelRows::Mmap { path, first, count } => {
-                let src = MmapSource::open(path)?;
-                // Tasks read their own rows (a block, or the scattered pixels of components): map
-                // just those pages.
-                src.advise_random();
-                if src.order() != caiman_io::Order::C {
-                    return Err(Error::InvalidParam(format!(
-                        "{}: CNMF tasks need a C-order (pixel-major) memmap",
-                        path.display()
-                    )));
-                }
-                let yr = src.yr();
-                if first + count > yr.nrows() {
-                    return Err(Error::InvalidParam(format!(
-                        "{}: pixels {first}..{} requested, the file has {}",
-                        path.display(),
-                        first + count,
-                        yr.nrows()
-                    )));
-                }
-                Ok(f(yr.slice(s![*first..first + count, ..])))
+                // Read into the task's own buffer, not mapped (see `PixelRowReader`): the task's
+                // resident memory is then this block and nothing around it.
+                let rdr = PixelRowReader::open(path)?;
+                let mut values = vec![0f32; count * rdr.frames()];
+                rdr.read_rows(*first, &mut values)?;
+                let view = ArrayView2::from_shape((*count, rdr.frames()), &values)
+                    .map_err(|e| Error::InvalidParam(e.to_string()))?;
+                Ok(f(view))
             }
             PixelRows::Shared { yr, first, count } => {
                 if first + count > yr.nrows() {
@@ -219,12 +208,119 @@ impl PixelRows {
         }
     }
 
+    /// A reader of single runs of these rows, for tasks that need a few scattered pixels of a
+    /// large block (the pixels of a component): a memmap is opened for positioned reads, so only
+    /// the rows asked for are ever read or resident. Inline rows carry no position: their first
+    /// row is taken to be pixel 0 (a caller that knows the block's place rebuilds the
+    /// [`RowGather::View`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the memmap cannot be opened or is not C-ordered, [`Error::ShapeMismatch`]
+    /// for inconsistent inline rows.
+    pub fn gather(&self) -> Result<RowGather<'_>> {
+        Ok(match self {
+            PixelRows::Inline { frames, values } => {
+                let t = (*frames).max(1);
+                let n = values.len() / t;
+                if n * t != values.len() {
+                    return Err(Error::ShapeMismatch {
+                        what: "inline pixel rows (values = rows × frames)",
+                        expected: vec![n * t],
+                        got: vec![values.len()],
+                    });
+                }
+                RowGather::View {
+                    rows: ArrayView2::from_shape((n, *frames), values)
+                        .map_err(|e| Error::InvalidParam(e.to_string()))?,
+                    first: 0,
+                }
+            }
+            PixelRows::Mmap { path, first, count } => {
+                RowGather::File { rdr: PixelRowReader::open(path)?, first: *first, count: *count }
+            }
+            PixelRows::Shared { yr, first, count } => {
+                let end = first.checked_add(*count).filter(|&e| e <= yr.nrows()).ok_or_else(|| {
+                    Error::InvalidParam(format!(
+                        "pixels {first}..{} requested from a movie of {} pixels",
+                        first.saturating_add(*count),
+                        yr.nrows()
+                    ))
+                })?;
+                RowGather::View { rows: yr.slice(s![*first..end, ..]), first: *first }
+            }
+        })
+    }
+
     /// The rows as an owned array.
     ///
     /// # Errors
     /// As [`with_view`](Self::with_view).
     pub fn to_array(&self) -> Result<Array2<f32>> {
         self.with_view(|v| v.to_owned())
+    }
+}
+
+/// Reads runs of consecutive pixel rows out of a [`PixelRows`] (see [`PixelRows::gather`]).
+#[derive(Debug)]
+pub enum RowGather<'a> {
+    /// Rows in memory; row `r` is pixel `first + r`.
+    View {
+        /// The rows.
+        rows: ArrayView2<'a, f32>,
+        /// Pixel of the first row.
+        first: usize,
+    },
+    /// Rows `first .. first + count` of a C-order memmap, read on demand.
+    File {
+        /// The file.
+        rdr: PixelRowReader,
+        /// First pixel of the block.
+        first: usize,
+        /// Pixels in the block.
+        count: usize,
+    },
+}
+
+impl RowGather<'_> {
+    /// Frames per row.
+    pub fn frames(&self) -> usize {
+        match self {
+            RowGather::View { rows, .. } => rows.ncols(),
+            RowGather::File { rdr, .. } => rdr.frames(),
+        }
+    }
+
+    /// Appends the rows of pixels `p .. p + n` (absolute indices) to `out`, row after row.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParam`] if the pixels lie outside the block, [`Error::Io`] if a read fails.
+    pub fn append(&self, p: usize, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        let (first, count) = match self {
+            RowGather::View { rows, first } => (*first, rows.nrows()),
+            RowGather::File { first, count, .. } => (*first, *count),
+        };
+        let outside = || {
+            Error::InvalidParam(format!(
+                "pixels {p}..{} outside the rows {first}..{} of the block",
+                p + n,
+                first + count
+            ))
+        };
+        let r = p.checked_sub(first).filter(|&r| r + n <= count).ok_or_else(outside)?;
+        let t = self.frames();
+        match self {
+            RowGather::View { rows, .. } => {
+                for row in rows.slice(s![r..r + n, ..]).rows() {
+                    out.extend(row.iter().copied());
+                }
+            }
+            RowGather::File { rdr, .. } => {
+                let at = out.len();
+                out.resize(at + n * t, 0.0);
+                rdr.read_rows(p, &mut out[at..])?;
+            }
+        }
+        Ok(())
     }
 }
 

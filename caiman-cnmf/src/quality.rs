@@ -62,7 +62,7 @@ use crate::error::task_err;
 use crate::estimates::{EPS_F32, Estimates, ab_gram};
 use crate::evaluation::{TraceQualityOptions, evaluate_traces};
 use crate::params::{CnmfParams, QualityParams};
-use crate::pixels::{Fov, PixelRows};
+use crate::pixels::{Fov, PixelRows, RowGather};
 use crate::sparse::CscMatrix;
 use crate::{Error, Result};
 
@@ -284,45 +284,50 @@ impl RBlock {
                 }
             }
             Some(rows) => {
-                let first = self.first;
-                let res = rows.with_view(|v| -> Result<Vec<f64>> {
-                    let mut res = Vec::with_capacity(self.comps.len());
-                    for c in &self.comps {
-                        let nf = c.frames.len();
-                        if c.values.len() != c.pixels.len() || nf == 0 {
-                            return Err(Error::ShapeMismatch {
-                                what: "footprint values vs pixels of a component",
-                                expected: vec![c.pixels.len()],
-                                got: vec![c.values.len()],
-                            });
-                        }
-                        if let Some(&f) = c.frames.iter().max().filter(|&&f| f >= v.ncols()) {
-                            return Err(Error::InvalidParam(format!("frame {f} outside the movie")));
-                        }
-                        my.clear();
-                        let mut fill = f64::NAN;
-                        for &p in &c.pixels {
-                            let r = p.checked_sub(first).filter(|&r| r < v.nrows()).ok_or_else(|| {
-                                Error::InvalidParam(format!("pixel {p} outside the rows of the block"))
-                            })?;
-                            let row = v.row(r);
-                            let vals = c.frames.iter().map(|&f| row[f]);
-                            let m = mean_with_fill(vals.clone(), nf, f64::NAN);
-                            let m = if m.is_nan() {
-                                if fill.is_nan() {
-                                    fill = nan_mean_rows(&v, &c.pixels, first);
-                                }
-                                mean_with_fill(vals, nf, fill)
-                            } else {
-                                m
-                            };
-                            my.push(m);
-                        }
-                        res.push(pearsonr(&my, &c.values));
+                // Each component's rows are read on their own (positioned reads for a memmap), so
+                // a task holds one component's rows at a time, whatever the span of the block.
+                let g = match (rows, rows.gather()?) {
+                    // Inline rows carry no position: they start at the block's first pixel.
+                    (PixelRows::Inline { .. }, RowGather::View { rows, .. }) => {
+                        RowGather::View { rows, first: self.first }
                     }
-                    Ok(res)
-                })??;
-                out = res;
+                    (_, g) => g,
+                };
+                let t = g.frames();
+                let mut buf = Vec::new();
+                for c in &self.comps {
+                    let nf = c.frames.len();
+                    if c.values.len() != c.pixels.len() || nf == 0 {
+                        return Err(Error::ShapeMismatch {
+                            what: "footprint values vs pixels of a component",
+                            expected: vec![c.pixels.len()],
+                            got: vec![c.values.len()],
+                        });
+                    }
+                    if let Some(&f) = c.frames.iter().max().filter(|&&f| f >= t) {
+                        return Err(Error::InvalidParam(format!("frame {f} outside the movie")));
+                    }
+                    buf.clear();
+                    for (p, n) in pixel_runs(&c.pixels) {
+                        g.append(p, n, &mut buf)?;
+                    }
+                    my.clear();
+                    let mut fill = f64::NAN;
+                    for row in buf.chunks_exact(t) {
+                        let vals = c.frames.iter().map(|&f| row[f]);
+                        let m = mean_with_fill(vals.clone(), nf, f64::NAN);
+                        let m = if m.is_nan() {
+                            if fill.is_nan() {
+                                fill = nan_mean(&buf);
+                            }
+                            mean_with_fill(vals, nf, fill)
+                        } else {
+                            m
+                        };
+                        my.push(m);
+                    }
+                    out.push(pearsonr(&my, &c.values));
+                }
             }
         }
         Ok(out)
@@ -338,11 +343,11 @@ fn mean_with_fill(vals: impl Iterator<Item = f32>, n: usize, fill: f64) -> f64 {
     acc / n as f64
 }
 
-/// nan-mean of the rows `pixels` (absolute indices, block starting at `first`) over all frames.
-fn nan_mean_rows(v: &ArrayView2<'_, f32>, pixels: &[usize], first: usize) -> f64 {
+/// nan-mean of the rows `pixels` of `v` over all frames.
+fn nan_mean_rows(v: &ArrayView2<'_, f32>, pixels: &[usize]) -> f64 {
     let (mut acc, mut cnt) = (0.0, 0usize);
     for &p in pixels {
-        for &x in v.row(p - first) {
+        for &x in v.row(p) {
             if !x.is_nan() {
                 acc += f64::from(x);
                 cnt += 1;
@@ -350,6 +355,21 @@ fn nan_mean_rows(v: &ArrayView2<'_, f32>, pixels: &[usize], first: usize) -> f64
         }
     }
     acc / cnt as f64
+}
+
+/// nan-mean of `vals` (the same sum, in the same order, as [`nan_mean_rows`] over their rows).
+fn nan_mean(vals: &[f32]) -> f64 {
+    let (mut acc, mut cnt) = (0.0, 0usize);
+    for &x in vals.iter().filter(|x| !x.is_nan()) {
+        acc += f64::from(x);
+        cnt += 1;
+    }
+    acc / cnt as f64
+}
+
+/// Increasing pixel indices as runs `(first pixel, length)` of consecutive pixels.
+fn pixel_runs(pixels: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pixels.chunk_by(|a, b| b == &(a + 1)).map(|run| (run[0], run.len()))
 }
 
 /// `scipy.stats.pearsonr(x, y)[0]` in f64: NaN when either input is constant; the result is
@@ -509,7 +529,7 @@ fn make_block(fov: &Fov<'_>, mut comps: Vec<RComponent>) -> RBlock {
             g.extend(c.frames.iter().map(|&f| row[f]));
         }
         if g.iter().any(|v| v.is_nan()) {
-            c.nan_fill = nan_mean_rows(&fov.yr, &c.pixels, 0);
+            c.nan_fill = nan_mean_rows(&fov.yr, &c.pixels);
         }
         c.gathered = g;
     }

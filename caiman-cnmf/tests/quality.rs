@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use caiman_cnmf::Error;
 use caiman_cnmf::estimates::Estimates;
 use caiman_cnmf::params::{CnmfParams, QualityParams};
-use caiman_cnmf::pixels::Fov;
+use caiman_cnmf::pixels::{Fov, PixelRows};
 use caiman_cnmf::quality::{
     RBlock, RComponent, classify_components_ep, component_quality, compute_eccentricity, evaluate_components,
     filter_components, find_activity_intervals, peak_indexes, peak_window, register_tasks,
@@ -362,6 +362,30 @@ fn r_block_task_runs_and_rejects_bad_blocks() {
         sxy / (sxx * syy).sqrt()
     };
     assert!((r[0] - want).abs() < 1e-14);
+    // The same component read from a block of rows that starts at pixel 5 (inline, shared or
+    // a memmap): the pixels are absolute, the rows relative to the block.
+    let shifted = RComponent { pixels: vec![5, 6, 7], gathered: Vec::new(), ..comp.clone() };
+    let yr = ndarray::Array2::<f32>::from_shape_fn((9, 3), |(p, t)| match (p, t) {
+        (5..=7, 0) => [1.0, 2.0, 3.0][p - 5],
+        (5..=7, 1) => [1.0, 2.0, 5.0][p - 5],
+        _ => -7.0,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(caiman_io::mmap::MmapName::file_name("r", Dims::planar(9, 1), 3, caiman_io::Order::C));
+    std::fs::write(&path, yr.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let shared = std::sync::Arc::new(yr.clone());
+    let blocks = [
+        PixelRows::Inline { frames: 3, values: yr.slice(ndarray::s![4..9, ..]).iter().copied().collect() },
+        PixelRows::Shared { yr: shared, first: 4, count: 5 },
+        PixelRows::Mmap { path: path.clone(), first: 4, count: 5 },
+    ];
+    for rows in blocks {
+        let block = RBlock { rows: Some(rows), first: 4, comps: vec![shifted.clone()] };
+        assert_eq!(block.run(&ctx).unwrap()[0].to_bits(), r[0].to_bits());
+    }
+    // Pixels outside the block's rows are an error, not a read elsewhere in the file.
+    let outside = RBlock { rows: Some(PixelRows::Mmap { path, first: 6, count: 3 }), first: 6, comps: vec![shifted] };
+    assert!(outside.run(&ctx).is_err());
     let bad = RBlock { rows: None, first: 0, comps: vec![RComponent { gathered: vec![1.0], ..comp }] };
     assert!(bad.run(&ctx).is_err());
     let _ = register_tasks(caiman_parallel::Registry::new());

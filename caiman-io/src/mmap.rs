@@ -7,6 +7,8 @@
 //!   a trailing `_` is legal, a trailing number is the frame count `T`).
 //! * [`MmapSource`] reads frames from a memory map (order `F`: one contiguous block per frame;
 //!   order `C`: one contiguous run per pixel) and exposes the whole `Yr` as a zero-copy view.
+//! * [`PixelRowReader`] reads chosen pixel rows of a C-order file with positioned reads into the
+//!   caller's buffers — what CNMF's tasks use, so their resident memory is their buffers only.
 //! * [`MmapWriter`] streams frames into a new file; [`PendingMmap`] + [`MmapRegionWriter`] let
 //!   several workers (threads or processes) fill disjoint frame ranges (order F) or pixel ranges
 //!   (order C) of one pre-sized file, which is renamed into place once complete.
@@ -173,6 +175,89 @@ impl MmapSource {
             Order::F => ndarray::ArrayView2::from_shape(ndarray::ShapeBuilder::f((d, t)), vals),
         }
         .expect("size checked at open")
+    }
+}
+
+/// Positioned reads of whole pixel rows (`Yr[p, ..]`, all frames of pixel `p`) from a C-order
+/// (pixel-major) CaImAn memmap, without mapping the file.
+///
+/// This is how tasks read a few rows of a large movie — a patch's pixel box, the pixels of a
+/// component, a block of rows — into buffers of their own: their resident memory is then those
+/// buffers and nothing else. Through a memory map it is not: on kernels with large page-cache
+/// folios (Linux 6.18 here) every fault maps the whole folio around the faulting page, up to
+/// 2 MiB, whatever `MADV_RANDOM` says. Measured on a 512×512×2000 movie: reading the ≈300 pixel
+/// rows of one component through a map added 40–50 MB of file-backed resident memory, so one
+/// r-value task of `caiman cnmf` held 0.9 GB.
+#[derive(Debug)]
+pub struct PixelRowReader {
+    file: File,
+    path: PathBuf,
+    pixels: usize,
+    frames: usize,
+}
+
+impl PixelRowReader {
+    /// Opens a C-order `.mmap`, taking its shape from the name and checking the file size.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be opened; [`Error::Malformed`] for a name that is not
+    /// CaImAn's or a size that does not match it; [`Error::Unsupported`] for an F-order file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = MmapName::decode(path)?;
+        if name.order != Order::C {
+            return Err(Error::unsupported(
+                path,
+                "CaImAn memmap",
+                "pixel rows are read from C-order (pixel-major) memmaps only; this one is order F",
+            ));
+        }
+        let shape = name.shape();
+        let file = File::open(path).at(path)?;
+        let file_bytes = file.metadata().at(path)?.len();
+        let expect = shape.len() as u64 * 4;
+        if file_bytes != expect {
+            return Err(Error::malformed(
+                path,
+                "CaImAn memmap",
+                format!("file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"),
+            ));
+        }
+        Ok(PixelRowReader { file, path: path.to_path_buf(), pixels: shape.dims.pixels(), frames: shape.frames })
+    }
+
+    /// Number of pixel rows (`d`).
+    pub fn pixels(&self) -> usize {
+        self.pixels
+    }
+
+    /// Number of frames (the length of a row).
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Reads rows `first .. first + out.len() / frames` into `out` (row after row).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] if `out` is not a whole number of rows or the rows lie outside
+    /// the file; [`Error::Io`] if the read fails.
+    pub fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<()> {
+        let t = self.frames.max(1);
+        let n = out.len() / t;
+        if n * t != out.len() {
+            return Err(Error::invalid(
+                &self.path,
+                format!("a buffer of {} values is not a whole number of rows of {t} frames", out.len()),
+            ));
+        }
+        if first.checked_add(n).is_none_or(|end| end > self.pixels) {
+            return Err(Error::invalid(
+                &self.path,
+                format!("pixel rows {first}..{} requested, the file has {}", first.saturating_add(n), self.pixels),
+            ));
+        }
+        self.file.read_exact_at(f32_bytes_mut(out), first as u64 * t as u64 * 4).at(&self.path)?;
+        from_le_in_place(out);
+        Ok(())
     }
 }
 
@@ -455,6 +540,15 @@ impl MmapRegionWriter {
         Ok(())
     }
 
+    /// Writes `vals` as frames `t0 ..` of pixel `p` of an order-C file, with one positioned
+    /// write (the map is not touched).
+    fn write_pixel_run(&mut self, p: usize, t0: usize, vals: &[f32]) -> Result<()> {
+        debug_assert!(self.order == Order::C && t0 + vals.len() <= self.shape.frames);
+        let off = ((p * self.shape.frames + t0) * 4) as u64;
+        let bytes = le_bytes(vals, &mut self.bytes);
+        self.file.write_all_at(bytes, off).at(&self.path)
+    }
+
     /// Flush written pages to the file.
     pub fn flush(&self) -> Result<()> {
         self.map.flush().at(&self.path)
@@ -470,10 +564,13 @@ pub struct MmapWriter {
     block: Vec<f32>,
     block_start: usize,
     block_frames: usize,
+    /// One pixel's values of the block, gathered for its write.
+    run: Vec<f32>,
 }
 
-/// Bytes of frames buffered by an order-C [`MmapWriter`] before they are scattered.
-const C_BLOCK_BYTES: usize = 64 << 20;
+/// Bytes of frames buffered by an order-C [`MmapWriter`] before they are scattered (one
+/// positioned write per pixel per block: larger blocks, fewer writes).
+const C_BLOCK_BYTES: usize = 256 << 20;
 
 impl MmapWriter {
     /// Create a writer; the final name is CaImAn's (see [`MmapName::path_for`]).
@@ -492,33 +589,51 @@ impl MmapWriter {
             block: Vec::new(),
             block_start: 0,
             block_frames,
+            run: Vec::new(),
         })
     }
 
-    fn flush_block(&mut self) {
+    /// Buffers `bytes` of frames per block instead of 256 MiB (order C; at least one frame): each
+    /// pixel's run per block is then longer, and the file takes fewer, larger writes.
+    pub fn with_block_bytes(mut self, bytes: usize) -> Self {
+        if self.pending.order == Order::C {
+            let d = self.count.shape.dims.pixels().max(1);
+            self.block_frames = (bytes / (4 * d)).clamp(1, self.count.shape.frames.max(1));
+        }
+        self
+    }
+
+    /// Writes the buffered frames: each pixel's run of the block with one positioned write. Not
+    /// through the map: the pages of a file written through a shared map count in this process's
+    /// resident memory until the kernel writes them back and evicts them — up to the whole
+    /// file for a movie the page cache can hold, where `caiman cnmf` copies a movie that is
+    /// larger than its memory budget.
+    fn flush_block(&mut self) -> Result<()> {
         let dims = self.count.shape.dims;
         let d = dims.pixels();
         let n = self.block.len() / d;
         if n == 0 {
-            return;
+            return Ok(());
         }
-        let t_len = self.count.shape.frames;
         let t0 = self.block_start;
+        let mut run = std::mem::take(&mut self.run);
+        run.resize(n, 0.0);
         let mut c = 0;
         for i in 0..dims.d1 {
             for j in 0..dims.d2 {
                 for k in 0..dims.d3 {
-                    let p = dims.f_index(i, j, k);
-                    let out = &mut self.region.map[(p * t_len + t0) * 4..(p * t_len + t0 + n) * 4];
-                    for (f, o) in out.chunks_exact_mut(4).enumerate() {
-                        o.copy_from_slice(&self.block[f * d + c].to_le_bytes());
+                    for (f, v) in run.iter_mut().enumerate() {
+                        *v = self.block[f * d + c];
                     }
+                    self.region.write_pixel_run(dims.f_index(i, j, k), t0, &run)?;
                     c += 1;
                 }
             }
         }
+        self.run = run;
         self.block_start += n;
         self.block.clear();
+        Ok(())
     }
 }
 
@@ -534,10 +649,13 @@ impl MovieWriter for MmapWriter {
             Order::F => self.region.write_frames(start, frames),
             Order::C => {
                 let d = self.count.shape.dims.pixels();
+                if self.block.capacity() == 0 {
+                    self.block.reserve_exact(self.block_frames * d);
+                }
                 for frame in frames.chunks_exact(d) {
                     self.block.extend_from_slice(frame);
                     if self.block.len() >= self.block_frames * d {
-                        self.flush_block();
+                        self.flush_block()?;
                     }
                 }
                 Ok(())
@@ -548,7 +666,7 @@ impl MovieWriter for MmapWriter {
     fn finish(self: Box<Self>) -> Result<PathBuf> {
         let mut me = *self;
         me.count.check_complete(me.pending.dest())?;
-        me.flush_block();
+        me.flush_block()?;
         me.region.flush()?;
         drop(me.region);
         me.pending.commit()
@@ -567,7 +685,8 @@ pub enum CopyStep {
 /// input itself (to be left alone) rather than a new file named after `base`: a single C-order
 /// `.mmap` is used as it is, a single F-order one goes through [`transpose_f_to_c`] (pixel blocks
 /// of at most `block_bytes`), anything else is streamed frame by frame into a C-order memmap
-/// (CaImAn's `save_memmap(order='C')`). `progress(step, done, total)` hears about the work.
+/// (CaImAn's `save_memmap(order='C')`) through an [`MmapWriter`] buffering `block_bytes` of
+/// frames. `progress(step, done, total)` hears about the work.
 ///
 /// # Errors
 /// Errors of opening, reading and writing, naming the file.
@@ -591,10 +710,9 @@ pub fn c_order_memmap(
     }
     let mut src = crate::ChainSource::open(movies, open)?;
     let shape = src.info().shape;
-    let opts = crate::WriteOptions { order: Order::C, ..Default::default() };
-    let mut w = crate::create(base.with_extension("mmap"), shape, &opts)?;
-    crate::copy_frames(&mut src, 0..shape.frames, w.as_mut(), &mut |n| progress(CopyStep::Copy, n, shape.frames))?;
-    Ok((w.finish()?, false))
+    let mut w = MmapWriter::create(&base.with_extension("mmap"), shape, Order::C)?.with_block_bytes(block_bytes);
+    crate::copy_frames(&mut src, 0..shape.frames, &mut w, &mut |n| progress(CopyStep::Copy, n, shape.frames))?;
+    Ok((Box::new(w).finish()?, false))
 }
 
 /// Values read as native bytes from a little-endian file: fix their byte order in place (a no-op

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use caiman_io::mmap::{MmapName, MmapRegionWriter, MmapSource, PendingMmap};
+use caiman_io::mmap::{MmapName, MmapRegionWriter, MmapSource, PendingMmap, PixelRowReader};
 use caiman_io::npy::{NpyArray, NpyData, read_npy, read_npz, write_npy, write_npz};
 use caiman_io::{Dims, Error, Movie, OpenOptions, Order, Shape, WriteOptions, load, open, save};
 use proptest::prelude::*;
@@ -104,6 +104,37 @@ fn caiman_mmap_files_read_bit_exactly() {
 }
 
 #[test]
+fn pixel_row_reader_reads_caiman_rows_and_refuses_bad_requests() {
+    // CaImAn's own C-order file: every run of rows equals the mapped Yr.
+    let path = data("save_memmap_orderC_d1_10_d2_13_d3_1_order_C_frames_7.mmap");
+    let src = MmapSource::open(&path).unwrap();
+    let yr = src.yr();
+    let rdr = PixelRowReader::open(&path).unwrap();
+    assert_eq!((rdr.pixels(), rdr.frames()), (130, 7));
+    for (first, n) in [(0, 1), (0, 130), (17, 5), (129, 1), (64, 0)] {
+        let mut out = vec![f32::NAN; n * 7];
+        rdr.read_rows(first, &mut out).unwrap();
+        let want: Vec<f32> = yr.slice(ndarray::s![first..first + n, ..]).iter().copied().collect();
+        assert_bits_eq(&out, &want);
+    }
+    // Rows past the end, a buffer that is not whole rows: typed errors naming the file.
+    for (first, len) in [(129, 14), (130, 7), (usize::MAX, 7), (0, 6)] {
+        let e = rdr.read_rows(first, &mut vec![0.0; len]).unwrap_err();
+        assert!(matches!(e, caiman_io::Error::InvalidRequest { .. }), "{e}");
+        assert_eq!(e.path(), path.as_path());
+    }
+    // F-order files are refused (their rows are not contiguous); so is a file whose size
+    // does not match its name.
+    let e = PixelRowReader::open(&data("movie_save_d1_10_d2_13_d3_1_order_F_frames_7.mmap")).unwrap_err();
+    assert!(matches!(e, caiman_io::Error::Unsupported { .. }), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("s_d1_10_d2_13_d3_1_order_C_frames_7.mmap");
+    std::fs::write(&short, vec![0u8; 130 * 7 * 4 - 4]).unwrap();
+    let e = PixelRowReader::open(&short).unwrap_err();
+    assert!(matches!(e, caiman_io::Error::Malformed { .. }), "{e}");
+}
+
+#[test]
 fn mmap_name_decoding_matches_caiman_table() {
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data("decode_mmap_filename_table.json")).unwrap()).unwrap();
@@ -175,6 +206,27 @@ fn mmap_byte_offsets_follow_the_order() {
         // CaImAn's own file with the same order has identical bytes.
         let caiman = std::fs::read(data(&format!("movie_save_d1_10_d2_13_d3_1_order_{order}_frames_7.mmap"))).unwrap();
         assert_eq!(bytes, caiman, "order {order}");
+    }
+}
+
+#[test]
+fn c_order_writer_blocks_of_any_size_give_caimans_bytes() {
+    // One frame per block, 3 (7 frames: a partial last block), and the default (one block):
+    // every pixel's runs land where CaImAn's C-order file has them.
+    let dir = tempfile::tempdir().unwrap();
+    let mov = mov_source();
+    let caiman = std::fs::read(data("movie_save_d1_10_d2_13_d3_1_order_C_frames_7.mmap")).unwrap();
+    for block in [0, 130 * 4 * 3, 1 << 30] {
+        let w = caiman_io::mmap::MmapWriter::create(&dir.path().join(format!("b{block}.mmap")), mov.shape(), Order::C)
+            .unwrap()
+            .with_block_bytes(block);
+        let mut w: Box<dyn caiman_io::MovieWriter> = Box::new(w);
+        // Frames arrive one, then four, then two at a time.
+        for r in [0..1, 1..5, 5..7] {
+            w.write_frames(&mov.as_slice()[r.start * 130..r.end * 130]).unwrap();
+        }
+        let path = w.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), caiman, "block {block}");
     }
 }
 
