@@ -163,47 +163,23 @@ impl From<WireRows> for PixelRows {
 }
 
 impl PixelRows {
-    /// Runs `f` on the rows as a `count × T` view (mapping the file for [`PixelRows::Mmap`]).
+    /// Runs `f` on the rows as a `count × T` view (for [`PixelRows::Mmap`], the rows read from the
+    /// file into a buffer of the task's own — see [`caiman_io::mmap::PixelRowReader`] for why not
+    /// through a map).
     ///
     /// # Errors
-    /// [`Error::Io`] if the memmap cannot be opened; [`Error::InvalidParam`] if it is not
-    /// C-ordered or the range lies outside it; [`Error::ShapeMismatch`] for inconsistent inline
-    /// rows.
+    /// [`Error::Io`] if the memmap cannot be opened or read, or is not C-ordered;
+    /// [`Error::InvalidParam`] if the range lies outside the movie; [`Error::ShapeMismatch`] for
+    /// inconsistent inline rows.
     pub fn with_view<R>(&self, f: impl FnOnce(ArrayView2<'_, f32>) -> R) -> Result<R> {
-        match self {
-            PixelRows::Inline { frames, values } => {
-                let t = (*frames).max(1);
-                let n = values.len() / t;
-                if n * t != values.len() {
-                    return Err(Error::ShapeMismatch {
-                        what: "inline pixel rows (values = rows × frames)",
-                        expected: vec![n * t],
-                        got: vec![values.len()],
-                    });
-                }
-                let view =
-                    ArrayView2::from_shape((n, *frames), values).map_err(|e| Error::InvalidParam(e.to_string()))?;
-                Ok(f(view))
-            }
-            PixelRows::Mmap { path, first, count } => {
-                // Read into the task's own buffer, not mapped (see `PixelRowReader`): the task's
-                // resident memory is then this block and nothing around it.
-                let rdr = PixelRowReader::open(path)?;
+        match self.gather()? {
+            RowGather::View { rows, .. } => Ok(f(rows)),
+            RowGather::File { rdr, first, count } => {
                 let mut values = vec![0f32; count * rdr.frames()];
-                rdr.read_rows(*first, &mut values)?;
-                let view = ArrayView2::from_shape((*count, rdr.frames()), &values)
+                rdr.read_rows(first, &mut values)?;
+                let view = ArrayView2::from_shape((count, rdr.frames()), &values)
                     .map_err(|e| Error::InvalidParam(e.to_string()))?;
                 Ok(f(view))
-            }
-            PixelRows::Shared { yr, first, count } => {
-                if first + count > yr.nrows() {
-                    return Err(Error::InvalidParam(format!(
-                        "pixels {first}..{} requested from a movie of {} pixels",
-                        first + count,
-                        yr.nrows()
-                    )));
-                }
-                Ok(f(yr.slice(s![*first..first + count, ..])))
             }
         }
     }

@@ -127,14 +127,7 @@ impl MmapSource {
         let shape = name.shape();
         let map = map_file(path)?;
         let file_bytes = map.len() as u64;
-        let expect = shape.len() as u64 * 4;
-        if file_bytes != expect {
-            return Err(Error::malformed(
-                path,
-                "CaImAn memmap",
-                format!("file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"),
-            ));
-        }
+        check_file_bytes(path, shape, file_bytes)?;
         let layout = match name.order {
             Order::C => Layout::PixelMajorF,
             Order::F => Layout::FramesF,
@@ -178,6 +171,19 @@ impl MmapSource {
     }
 }
 
+/// Checks that a memmap of `file_bytes` bytes holds the float32 values its name announces.
+fn check_file_bytes(path: &Path, shape: Shape, file_bytes: u64) -> Result<()> {
+    let expect = shape.len() as u64 * 4;
+    if file_bytes != expect {
+        return Err(Error::malformed(
+            path,
+            "CaImAn memmap",
+            format!("file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Positioned reads of whole pixel rows (`Yr[p, ..]`, all frames of pixel `p`) from a C-order
 /// (pixel-major) CaImAn memmap, without mapping the file.
 ///
@@ -187,7 +193,7 @@ impl MmapSource {
 /// folios (Linux 6.18 here) every fault maps the whole folio around the faulting page, up to
 /// 2 MiB, whatever `MADV_RANDOM` says. Measured on a 512×512×2000 movie: reading the ≈300 pixel
 /// rows of one component through a map added 40–50 MB of file-backed resident memory, so one
-/// r-value task of `caiman cnmf` held 0.9 GB.
+/// r-value task of CNMF's evaluation held 0.9 GB.
 #[derive(Debug)]
 pub struct PixelRowReader {
     file: File,
@@ -213,15 +219,7 @@ impl PixelRowReader {
         }
         let shape = name.shape();
         let file = File::open(path).at(path)?;
-        let file_bytes = file.metadata().at(path)?.len();
-        let expect = shape.len() as u64 * 4;
-        if file_bytes != expect {
-            return Err(Error::malformed(
-                path,
-                "CaImAn memmap",
-                format!("file holds {file_bytes} bytes but its name says {shape} float32 values ({expect} bytes)"),
-            ));
-        }
+        check_file_bytes(path, shape, file.metadata().at(path)?.len())?;
         Ok(PixelRowReader { file, path: path.to_path_buf(), pixels: shape.dims.pixels(), frames: shape.frames })
     }
 
