@@ -66,7 +66,7 @@ use crate::cnmf::{FitReport, main_thread_par};
 use crate::error::task_err;
 use crate::estimates::{EPS_F32, Estimates};
 use crate::params::CnmfParams;
-use crate::pixels::Fov;
+use crate::pixels::{Fov, RowGather};
 use crate::sparse::CscMatrix;
 use crate::{Error, Result};
 
@@ -274,25 +274,18 @@ impl From<WirePatchFit> for PatchFit {
     }
 }
 
-/// The rows of `runs` of `yr`, concatenated (`None` if a run lies outside `yr`).
-fn gather_rows(yr: ArrayView2<'_, f32>, runs: &[(usize, usize)]) -> Option<Vec<f32>> {
-    let t = yr.ncols();
-    let n: usize = runs.iter().map(|r| r.1).sum();
-    let mut out = Vec::with_capacity(n * t);
+/// The rows of `runs` read through `g`, concatenated.
+fn gather_runs(g: &RowGather<'_>, runs: &[(usize, usize)]) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(runs.iter().map(|r| r.1).sum::<usize>() * g.frames());
     for &(s, c) in runs {
-        if s + c > yr.nrows() {
-            return None;
-        }
-        match yr.as_slice() {
-            Some(all) => out.extend_from_slice(&all[s * t..(s + c) * t]),
-            None => {
-                for p in s..s + c {
-                    out.extend(yr.row(p).iter().copied());
-                }
-            }
-        }
+        g.append(s, c, &mut out)?;
     }
-    Some(out)
+    Ok(out)
+}
+
+/// The rows of `runs` of the in-memory `yr`, concatenated.
+fn gather_rows(yr: ArrayView2<'_, f32>, runs: &[(usize, usize)]) -> Result<Vec<f32>> {
+    gather_runs(&RowGather::View { rows: yr, first: 0 }, runs)
 }
 
 /// What one patch returns (footprints with patch-local pixel indices, Fortran order in the box).
@@ -390,22 +383,14 @@ impl PatchFit {
             PatchSource::Inline { values } => values.clone(),
             PatchSource::Shared { yr } => {
                 check_movie(yr.dim(), self.dims.pixels(), t)?;
-                gather_rows(yr.view(), &runs).ok_or_else(outside)?
+                gather_rows(yr.view(), &runs).map_err(|_| outside())?
             }
             PatchSource::Mmap { path } => {
                 // Positioned reads of the box's runs of rows, not a map (see `PixelRowReader`).
                 let rdr = PixelRowReader::open(path)?;
                 check_movie((rdr.pixels(), rdr.frames()), self.dims.pixels(), t)?;
-                let mut values = vec![0f32; n * t];
-                let mut at = 0;
-                for &(s, c) in &runs {
-                    if s + c > rdr.pixels() || (at + c) * t > values.len() {
-                        return Err(outside());
-                    }
-                    rdr.read_rows(s, &mut values[at * t..(at + c) * t])?;
-                    at += c;
-                }
-                values
+                let count = rdr.pixels();
+                gather_runs(&RowGather::File { rdr, first: 0, count }, &runs)?
             }
         };
         if values.len() != n * t {

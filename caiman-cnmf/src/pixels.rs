@@ -286,8 +286,10 @@ impl RowGather<'_> {
         let t = self.frames();
         match self {
             RowGather::View { rows, .. } => {
-                for row in rows.slice(s![r..r + n, ..]).rows() {
-                    out.extend(row.iter().copied());
+                let block = rows.slice(s![r..r + n, ..]);
+                match block.as_slice() {
+                    Some(all) => out.extend_from_slice(all),
+                    None => block.rows().into_iter().for_each(|row| out.extend(row.iter().copied())),
                 }
             }
             RowGather::File { rdr, .. } => {

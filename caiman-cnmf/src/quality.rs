@@ -318,7 +318,7 @@ impl RBlock {
                         let m = mean_with_fill(vals.clone(), nf, f64::NAN);
                         let m = if m.is_nan() {
                             if fill.is_nan() {
-                                fill = nan_mean(&buf);
+                                fill = nan_mean(buf.iter().copied());
                             }
                             mean_with_fill(vals, nf, fill)
                         } else {
@@ -343,24 +343,10 @@ fn mean_with_fill(vals: impl Iterator<Item = f32>, n: usize, fill: f64) -> f64 {
     acc / n as f64
 }
 
-/// nan-mean of the rows `pixels` of `v` over all frames.
-fn nan_mean_rows(v: &ArrayView2<'_, f32>, pixels: &[usize]) -> f64 {
+/// nan-mean of `vals` in f64 (NaN when every value is NaN).
+fn nan_mean(vals: impl IntoIterator<Item = f32>) -> f64 {
     let (mut acc, mut cnt) = (0.0, 0usize);
-    for &p in pixels {
-        for &x in v.row(p) {
-            if !x.is_nan() {
-                acc += f64::from(x);
-                cnt += 1;
-            }
-        }
-    }
-    acc / cnt as f64
-}
-
-/// nan-mean of `vals` (the same sum, in the same order, as [`nan_mean_rows`] over their rows).
-fn nan_mean(vals: &[f32]) -> f64 {
-    let (mut acc, mut cnt) = (0.0, 0usize);
-    for &x in vals.iter().filter(|x| !x.is_nan()) {
+    for x in vals.into_iter().filter(|x| !x.is_nan()) {
         acc += f64::from(x);
         cnt += 1;
     }
@@ -529,7 +515,7 @@ fn make_block(fov: &Fov<'_>, mut comps: Vec<RComponent>) -> RBlock {
             g.extend(c.frames.iter().map(|&f| row[f]));
         }
         if g.iter().any(|v| v.is_nan()) {
-            c.nan_fill = nan_mean_rows(&fov.yr, &c.pixels);
+            c.nan_fill = nan_mean(c.pixels.iter().flat_map(|&p| fov.yr.row(p).into_iter().copied()));
         }
         c.gathered = g;
     }
