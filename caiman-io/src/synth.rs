@@ -45,6 +45,14 @@
 //! volumetric movies), and not bit-compatible with CaImAn's or the reference `make_movie.py`
 //! random streams — it follows the same model and conventions, not the same draws.
 //!
+//! The defaults are not `make_movie.py`'s. They give dimmer resting neurons (4 photons above the
+//! background against ≈ 12), lower firing rates (0.3 Hz against 0.5) and more non-rigid motion. A
+//! perfect rigid correction leaves 0.72 px rms of non-rigid displacement here, against 0.31 px in
+//! CaImAn's benchmark movie. `docs/perf/pipeline/accuracy/synth_caiman_like.json` sets the light
+//! levels, rates, footprint size and residual motion to `make_movie.py`'s. The test
+//! `caiman_like_preset_matches_the_reference_generator` checks this against its ground truths. Our
+//! `nonrigid_amp` 0.22 corresponds to `make_movie.py`'s `--nonrigid-amp 1.0`.
+//!
 //! The default [`SynthParams`] (256×256 px, 1000 frames at 30 Hz, 120 neurons, σ ≈ 3.5 px) gives
 //! about 12 photons/pixel/frame of background, neurons resting 4 photons above it at their peak,
 //! single spikes of 10 photons at the peak (single-pixel SNR ≈ 2.4 against the ≈ 4.2-photon shot
