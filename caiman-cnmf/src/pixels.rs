@@ -172,7 +172,7 @@ impl PixelRows {
     /// [`Error::InvalidParam`] if the range lies outside the movie; [`Error::ShapeMismatch`] for
     /// inconsistent inline rows.
     pub fn with_view<R>(&self, f: impl FnOnce(ArrayView2<'_, f32>) -> R) -> Result<R> {
-        match self.gather()? {
+        match self.gather(0)? {
             RowGather::View { rows, .. } => Ok(f(rows)),
             RowGather::File { rdr, first, count } => {
                 let mut values = vec![0f32; count * rdr.frames()];
@@ -186,14 +186,14 @@ impl PixelRows {
 
     /// A reader of single runs of these rows, for tasks that need a few scattered pixels of a
     /// large block (the pixels of a component): a memmap is opened for positioned reads, so only
-    /// the rows asked for are ever read or resident. Inline rows carry no position: their first
-    /// row is taken to be pixel 0 (a caller that knows the block's place rebuilds the
-    /// [`RowGather::View`]).
+    /// the rows asked for are ever read or resident. Inline rows carry no position:
+    /// `inline_first` is the pixel of their first row (the memmap and shared variants know
+    /// theirs).
     ///
     /// # Errors
     /// [`Error::Io`] if the memmap cannot be opened or is not C-ordered, [`Error::ShapeMismatch`]
     /// for inconsistent inline rows.
-    pub fn gather(&self) -> Result<RowGather<'_>> {
+    pub fn gather(&self, inline_first: usize) -> Result<RowGather<'_>> {
         Ok(match self {
             PixelRows::Inline { frames, values } => {
                 let t = (*frames).max(1);
@@ -208,7 +208,7 @@ impl PixelRows {
                 RowGather::View {
                     rows: ArrayView2::from_shape((n, *frames), values)
                         .map_err(|e| Error::InvalidParam(e.to_string()))?,
-                    first: 0,
+                    first: inline_first,
                 }
             }
             PixelRows::Mmap { path, first, count } => {

@@ -62,7 +62,7 @@ use crate::error::task_err;
 use crate::estimates::{EPS_F32, Estimates, ab_gram};
 use crate::evaluation::{TraceQualityOptions, evaluate_traces};
 use crate::params::{CnmfParams, QualityParams};
-use crate::pixels::{Fov, PixelRows, RowGather};
+use crate::pixels::{Fov, PixelRows};
 use crate::sparse::CscMatrix;
 use crate::{Error, Result};
 
@@ -286,13 +286,8 @@ impl RBlock {
             Some(rows) => {
                 // Each component's rows are read on their own (positioned reads for a memmap), so
                 // a task holds one component's rows at a time, whatever the span of the block.
-                let g = match (rows, rows.gather()?) {
-                    // Inline rows carry no position: they start at the block's first pixel.
-                    (PixelRows::Inline { .. }, RowGather::View { rows, .. }) => {
-                        RowGather::View { rows, first: self.first }
-                    }
-                    (_, g) => g,
-                };
+                // Inline rows start at the block's first pixel.
+                let g = rows.gather(self.first)?;
                 let t = g.frames();
                 let mut buf = Vec::new();
                 for c in &self.comps {
